@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything ipcproxy and its tests need; idempotent and quick when all is there.
+#   system packages (apt-get): buses, real services and clients, tshark, build tools for the benchmark
+#   Python packages: into .venv, from pyproject.toml (pinned)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(dbus-daemon dbus-bin dbus-broker systemd xdg-dbus-proxy tshark python3-dbusmock python3-gi
+          libglib2.0-bin libsystemd-dev pkg-config gcc util-linux strace procps)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.ipcproxy-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import ipcproxy" 2>/dev/null; then
+    echo "setup: installing Python packages into .venv" >&2
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,158 @@
+"""Private buses for `run`, tests and campaigns: dbus-daemon, or dbus-broker without systemd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>{bus_type}</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+  <limit name="max_incoming_bytes">1000000000</limit>
+  <limit name="max_outgoing_bytes">1000000000</limit>
+  <limit name="max_message_size">134217728</limit>
+  <limit name="max_replies_per_connection">50000</limit>
+  <limit name="max_connections_per_user">100000</limit>
+  <limit name="max_completed_connections">100000</limit>
+  {extra}
+</busconfig>
+"""
+
+JOURNAL_SINK = r"""
+import os, socket, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(path)
+sys.stdout.write("READY\n"); sys.stdout.flush()
+while True:
+    s.recv(1 << 20)
+"""
+
+SOCKET_EXEC = r"""
+import os, socket, sys
+path, cmd = sys.argv[1], sys.argv[2:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path); s.listen(512)
+fd = s.detach()
+if fd != 3:
+    os.dup2(fd, 3); os.close(fd)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"; os.environ["LISTEN_PID"] = str(os.getpid())
+os.execvp(cmd[0], cmd)
+"""
+
+
+class BusError(RuntimeError):
+    """The private bus could not be started."""
+
+
+class PrivateBus:
+    """A fresh bus in a temporary directory; ``address`` is where to connect."""
+
+    def __init__(self, broker: bool = False, bus_type: str = "session", extra_config: str = "") -> None:
+        self.broker = broker
+        self.dir = tempfile.mkdtemp(prefix="ipcproxy-bus-")
+        os.chmod(self.dir, 0o755)
+        self.socket = os.path.join(self.dir, "bus.sock")
+        self.address = f"unix:path={self.socket}"
+        self.config = os.path.join(self.dir, "bus.conf")
+        with open(self.config, "w") as f:
+            f.write(BUS_CONFIG.format(bus_type=bus_type, socket=self.socket, extra=extra_config))
+        self.process: subprocess.Popen[bytes] | None = None
+        self._sink: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> PrivateBus:
+        if self.broker:
+            self._start_broker()
+        else:
+            exe = shutil.which("dbus-daemon")
+            if exe is None:
+                raise BusError("dbus-daemon is not installed (apt-get install dbus-daemon)")
+            self.process = subprocess.Popen(
+                [exe, f"--config-file={self.config}", "--nofork", "--print-address=1"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline()
+            if not line:
+                raise BusError("dbus-daemon exited at start")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.socket):
+            if time.monotonic() > deadline or (self.process and self.process.poll() is not None):
+                self.stop()
+                raise BusError(f"the private bus did not come up at {self.socket}")
+            time.sleep(0.01)
+        return self
+
+    def _start_broker(self) -> None:
+        """dbus-broker-launch without systemd: socket as fd 3, a stand-in journald socket."""
+        launch = shutil.which("dbus-broker-launch")
+        if launch is None:
+            raise BusError("dbus-broker is not installed (apt-get install dbus-broker)")
+        if os.geteuid() != 0:
+            raise BusError("--broker needs root here (a private mount namespace for journald's socket)")
+        journal = os.path.join(self.dir, "journal")
+        os.makedirs(journal)
+        self._sink = subprocess.Popen(
+            [sys.executable, "-c", JOURNAL_SINK, os.path.join(journal, "socket")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self._sink.stdout is not None
+        self._sink.stdout.readline()
+        script = (
+            f"mount -t tmpfs tmpfs /run/systemd 2>/dev/null || (mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd);"
+            f" mkdir -p /run/systemd/journal && mount --bind {journal} /run/systemd/journal &&"
+            f" exec {sys.executable} -c '{SOCKET_EXEC}' {self.socket}"
+            f" {launch} --scope user --config-file {self.config}"
+        )
+        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=self.address)
+        self.process = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        for proc in (self.process, self._sink):
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for proc in (self.process, self._sink):
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateBus:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

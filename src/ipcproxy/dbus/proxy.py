@@ -1,0 +1,777 @@
+"""The D-Bus proxy's I/O: listener, one session pair per client, fd passing.
+
+Everything protocol-shaped (framing, SASL, bus facts, interceptors) is
+delegated to sans-IO modules; this module only moves bytes and fds between
+sockets and turns verdicts into writes. Sockets are driven directly with
+``add_reader``/``recvmsg_into``/``sendmsg`` because asyncio transports cannot
+carry SCM_RIGHTS.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..chain import Chain, Context
+from ..model import BUS_DRIVER_NAME, Action, Direction, Endpoint, Message, MessageType, Verdict
+from ..trace.recorder import Recorder
+from . import wire
+from .address import Address, AddressError, parse
+from .auth import AuthError, ClientAuth, ServerAuth
+from .bus import CREDENTIAL_METHODS, Directory
+
+log = logging.getLogger("ipcproxy.proxy")
+
+READ_SIZE = 256 * 1024
+ANCILLARY = socket.CMSG_SPACE(wire.MAX_UNIX_FDS * 4)
+HIGH_WATER = 16 * 1024 * 1024
+LOW_WATER = 4 * 1024 * 1024
+INJECTED_SERIAL_BASE = 0xF0000000
+DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class Conn:
+    """One non-blocking stream socket: reads into a callback, writes with back-pressure."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        name: str,
+        on_data: Callable[[memoryview, list[int]], None],
+        on_close: Callable[[str], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.name = name
+        self.on_data = on_data
+        self.on_close = on_close
+        self.unix_fds = False
+        self.closed = False
+        self.reading = False
+        self.peer: Conn | None = None  # whose reading pauses when we cannot write fast enough
+        self._out: deque[tuple[bytes | bytearray | memoryview, list[int]]] = deque()
+        self._out_bytes = 0
+        self._writing = False
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._peer_paused = False
+
+    # reading
+    def start_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.add_reader(self.fd, self._readable)
+
+    def pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+
+    def _readable(self) -> None:
+        fds: list[int] = []
+        try:
+            if self.unix_fds:
+                n, ancdata, flags, _ = self.sock.recvmsg_into([self._view], ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+                for level, kind, data in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        arr = array.array("i")
+                        arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+                        fds.extend(arr)
+                if flags & socket.MSG_CTRUNC:
+                    _close_fds(fds)
+                    self.close("too many file descriptors in one message (control data truncated)")
+                    return
+            else:
+                n = self.sock.recv_into(self._view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"read failed: {exc.strerror}")
+            return
+        if n == 0:
+            _close_fds(fds)
+            self.close("closed by peer")
+            return
+        self.on_data(self._view[:n], fds)
+
+    # writing
+    @property
+    def backlog(self) -> int:
+        return self._out_bytes
+
+    def write(self, data: bytes | bytearray | memoryview, fds: list[int] | None = None) -> None:
+        if self.closed:
+            if fds:
+                _close_fds(fds)
+            return
+        fds = fds or []
+        if not self._out:
+            try:
+                sent = self._send(data, fds)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                _close_fds(fds)
+                self.close(f"write failed: {exc.strerror}")
+                return
+            if fds and sent:
+                _close_fds(fds)
+                fds = []
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._out.append((data, fds))
+        self._out_bytes += len(data)
+        if not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.fd, self._writable)
+        if self._out_bytes > HIGH_WATER and self.peer is not None and self.peer.reading:
+            self.peer.pause_reading()
+            self._peer_paused = True
+
+    def _send(self, data: bytes | bytearray | memoryview, fds: list[int]) -> int:
+        if fds:
+            return self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        return self.sock.send(data)
+
+    def _writable(self) -> None:
+        while self._out:
+            data, fds = self._out[0]
+            try:
+                sent = self._send(data, fds)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.close(f"write failed: {exc.strerror}")
+                return
+            if fds:
+                _close_fds(fds)
+                fds = []
+            self._out_bytes -= sent
+            if sent == len(data):
+                self._out.popleft()
+            else:
+                self._out[0] = (memoryview(data)[sent:], [])
+                break
+        if not self._out:
+            self._writing = False
+            self.loop.remove_writer(self.fd)
+        if self._peer_paused and self._out_bytes < LOW_WATER and self.peer is not None:
+            self._peer_paused = False
+            self.peer.start_reading()
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        # best effort: let pending replies (an error we injected) reach the peer
+        while self._out:
+            data, fds = self._out.popleft()
+            with contextlib.suppress(OSError):
+                self._send(data, fds)
+            _close_fds(fds)
+        self.sock.close()
+        self.on_close(reason)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a unix socket."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _connect(address: Address, as_user: tuple[int, int, list[int]] | None) -> socket.socket:
+    sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        if as_user is None:
+            sock.connect(address.sockaddr)
+        else:
+            _connect_as(sock, address, *as_user)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _connect_as(sock: socket.socket, address: Address, uid: int, gid: int, groups: list[int]) -> None:
+    """Connect with the client's credentials, so the bus sees who is really calling."""
+    saved_groups = os.getgroups()
+    os.setgroups(groups)
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        sock.connect(address.sockaddr)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved_groups)
+
+
+def _client_groups(pid: int, gid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:]] or [gid]
+    except OSError:
+        pass
+    return [gid]
+
+
+class Session:
+    """One client connection and its own upstream connection."""
+
+    def __init__(self, proxy: Proxy, conn_id: int, client_sock: socket.socket) -> None:
+        self.proxy = proxy
+        self.id = conn_id
+        self.loop = proxy.loop
+        creds = peer_credentials(client_sock)
+        self.pid: int | None = creds[0] if creds else None
+        self.uid: int | None = creds[1] if creds else None
+        self.gid: int | None = creds[2] if creds else None
+        self.client_ep = Endpoint(pid=self.pid, uid=self.uid)
+        if self.pid:
+            from .bus import process_facts
+
+            self.client_ep.exe, self.client_ep.comm = process_facts(self.pid)
+        self.client = Conn(self.loop, client_sock, f"client#{conn_id}", self._client_data, self._closed)
+        self.upstream: Conn | None = None
+        self.server_auth = ServerAuth(self.uid, unix_fd_possible=client_sock.family == socket.AF_UNIX)
+        self.client_auth: ClientAuth | None = None
+        self.client_parser = wire.FrameParser()
+        self.bus_parser = wire.FrameParser()
+        self.unique_name: str | None = None
+        self.hello_serial: int | None = None
+        self.pending_out: dict[int, tuple[int, Message]] = {}  # our client's calls awaiting replies
+        self.pending_in: dict[tuple[str | None, int], tuple[int, Message]] = {}  # calls to our client
+        self.held: dict[Direction, list[list[Any]]] = {Direction.TO_BUS: [], Direction.FROM_BUS: []}
+        self.closed = False
+        self.close_reason = ""
+        self._injected = INJECTED_SERIAL_BASE
+
+    # setup
+    def start(self) -> None:
+        proxy = self.proxy
+        as_user = None
+        if proxy.impersonate and self.uid is not None and self.uid != os.geteuid() and self.pid:
+            as_user = (self.uid, self.gid or 0, _client_groups(self.pid, self.gid or 0))
+        try:
+            sock = proxy.connect_upstream(as_user)
+        except OSError as exc:
+            self._fail(f"cannot reach the bus at {proxy.upstream_text}: {exc.strerror or exc}")
+            return
+        self.upstream = Conn(self.loop, sock, f"bus#{self.id}", self._bus_data, self._closed)
+        self.upstream.peer = self.client
+        self.client.peer = self.upstream
+        uid = self.uid if as_user is not None and self.uid is not None else os.geteuid()
+        self.client_auth = ClientAuth(uid, unix_fd=sock.family == socket.AF_UNIX)
+        self.upstream.write(self.client_auth.start())
+        self.upstream.start_reading()
+        self.client.start_reading()
+        proxy.recorder.event("connect", connection=self.id, client=self.client_ep.to_json())
+
+    def _fail(self, reason: str) -> None:
+        log.warning("connection %d: %s", self.id, reason)
+        self.client.close(reason)
+
+    # data from the client
+    def _client_data(self, data: memoryview, fds: list[int]) -> None:
+        if not self.server_auth.done:
+            if fds:
+                _close_fds(fds)
+                self.client.close("file descriptors sent during authentication")
+                return
+            try:
+                self.server_auth.feed(bytes(data))
+            except AuthError as exc:
+                self.client.write(self.server_auth.output())
+                self.client.close(f"authentication failed: {exc}")
+                return
+            self.client.write(self.server_auth.output())
+            if not self.server_auth.done:
+                return
+            self.client.unix_fds = self.server_auth.unix_fd
+            data = memoryview(self.server_auth.leftover)
+            if not data:
+                return
+        self.client_parser.feed(data, fds)
+        self._pump(self.client_parser, Direction.TO_BUS)
+
+    def _bus_data(self, data: memoryview, fds: list[int]) -> None:
+        auth = self.client_auth
+        if auth is not None and not auth.done:
+            try:
+                auth.feed(bytes(data))
+            except AuthError as exc:
+                self.client.close(f"the bus refused us: {exc}")
+                return
+            if not auth.done:
+                return
+            assert self.upstream is not None and auth.guid is not None
+            self.upstream.unix_fds = auth.unix_fd
+            self.server_auth.upstream_ready(auth.guid, auth.unix_fd)
+            self.client.write(self.server_auth.output())
+            if self.server_auth.done:
+                # the client pipelined BEGIN and its first messages
+                self.client.unix_fds = self.server_auth.unix_fd
+                leftover = self.server_auth.leftover
+                if leftover:
+                    self.client_parser.feed(leftover)
+                    self._pump(self.client_parser, Direction.TO_BUS)
+            data = memoryview(auth.leftover)
+            if not data:
+                return
+        self.bus_parser.feed(data, fds)
+        self._pump(self.bus_parser, Direction.FROM_BUS)
+
+    # messages
+    def _pump(self, parser: wire.FrameParser, direction: Direction) -> None:
+        out = self.upstream if direction is Direction.TO_BUS else self.client
+        assert out is not None
+        batch = bytearray()
+        proxy = self.proxy
+        try:
+            for message in parser.frames():
+                if self.closed:
+                    _close_fds(message.fds)
+                    continue
+                verdict = self._handle(message, direction)
+                if verdict is None:  # plain forward, the common case
+                    if message.fds:
+                        if batch:
+                            out.write(batch)
+                            batch = bytearray()
+                        out.write(message.raw, message.fds)
+                    else:
+                        batch += message.raw
+                    self._count_held(direction, out, batch)
+                else:
+                    if batch:
+                        out.write(batch)
+                        batch = bytearray()
+                    self._execute(message, direction, verdict)
+        except wire.FrameError as exc:
+            if batch:
+                out.write(batch)
+                batch = bytearray()
+            side = "client" if direction is Direction.TO_BUS else "bus"
+            proxy.recorder.event("malformed", connection=self.id, side=side, reason=str(exc))
+            _close_fds(parser.take_fds())
+            self.close(f"malformed message from the {side}: {exc}")
+        if batch:
+            out.write(batch)
+        proxy.after_batch()
+
+    def _handle(self, message: Message, direction: Direction) -> Verdict | None:
+        """Book-keeping and the chain; returns None for an unchanged forward."""
+        proxy = self.proxy
+        now = time.monotonic_ns()
+        latency = None
+        mtype = message.type
+        call: Message | None = None
+        rewritten = False
+        if direction is Direction.TO_BUS:
+            if mtype is MessageType.METHOD_CALL:
+                if message.member == "Hello" and message.destination == BUS_DRIVER_NAME:
+                    self.hello_serial = message.serial
+            elif mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
+                pending = self.pending_in.pop((message.destination, message.reply_serial or 0), None)
+                if pending is not None:
+                    latency = now - pending[0]
+                    call = pending[1]
+        else:
+            if mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
+                pending = self.pending_out.pop(message.reply_serial or 0, None)
+                if pending is not None:
+                    latency = now - pending[0]
+                    call = pending[1]
+                    if message.reply_serial == self.hello_serial and mtype is MessageType.METHOD_RETURN:
+                        self._hello_answered(message)
+                    elif call.member in CREDENTIAL_METHODS and message.sender == BUS_DRIVER_NAME:
+                        replacement = proxy.rewrite_credentials(call, message)
+                        if replacement is not None:
+                            _close_fds(message.fds)
+                            message = replacement
+                            rewritten = True
+            elif mtype is MessageType.SIGNAL:
+                if message.member == "NameOwnerChanged" and message.sender == BUS_DRIVER_NAME:
+                    proxy.directory.observe(message)
+        verdict: Verdict | None = None
+        ctx: Context | None = None
+        if proxy.chain:
+            ctx = Context(
+                message=message,
+                direction=direction,
+                client=self.client_ep,
+                connection_id=self.id,
+                ts_ns=now,
+                resolve=proxy.directory.endpoint,
+                call_message=call,
+                reply_to_allowed_call=(call is not None)
+                if mtype in (MessageType.METHOD_RETURN, MessageType.ERROR)
+                else None,
+            )
+            verdict = proxy.chain.run(ctx)
+            if verdict.action is Action.FORWARD and not verdict.notes:
+                verdict = None
+            if ctx.message is not message:
+                message = ctx.message
+        passes = verdict is None or verdict.passes
+        if passes and mtype is MessageType.METHOD_CALL and not message.no_reply_expected:
+            if direction is Direction.TO_BUS:
+                self.pending_out[message.serial] = (now, message)
+            else:
+                self.pending_in[(message.sender, message.serial)] = (now, message)
+        proxy.recorder.message(
+            message,
+            direction.value,
+            verdict if verdict is not None else ("modified" if rewritten else "forwarded"),
+            self.id,
+            self.client_ep,
+            latency,
+            now,
+        )
+        if verdict is None and rewritten:
+            return Verdict(Action.MODIFY, replacement=message, reason="real client's credentials")
+        return verdict
+
+    def _hello_answered(self, reply: Message) -> None:
+        try:
+            unique = reply.args[0]
+        except Exception:  # noqa: BLE001
+            return
+        self.unique_name = unique
+        self.client_ep.bus_name = unique
+        self.proxy.directory.register(unique, self.client_ep)
+        self.proxy.sessions_by_name[unique] = self
+
+    def _count_held(self, direction: Direction, out: Conn, batch: bytearray) -> None:
+        held = self.held[direction]
+        if not held:
+            return
+        for entry in held:
+            entry[1] -= 1
+        while held and held[0][1] <= 0:
+            message = held.pop(0)[0]
+            if batch:
+                out.write(batch)
+                batch.clear()
+            out.write(message.raw, message.fds)
+
+    def next_injected_serial(self) -> int:
+        self._injected += 1
+        if self._injected > 0xFFFFFFF0:
+            self._injected = INJECTED_SERIAL_BASE
+        return self._injected
+
+    def _execute(self, message: Message, direction: Direction, verdict: Verdict) -> None:
+        out = self.upstream if direction is Direction.TO_BUS else self.client
+        back = self.client if direction is Direction.TO_BUS else self.upstream
+        assert out is not None and back is not None
+        action = verdict.action
+        if action in (Action.FORWARD, Action.VIOLATION, Action.MODIFY):
+            target = verdict.replacement if action is Action.MODIFY and verdict.replacement else message
+            out.write(target.raw, target.fds)
+            self._count_held(direction, out, bytearray())
+        elif action is Action.DELAY:
+            self.loop.call_later(verdict.delay_s, self._late_write, out, message)
+        elif action is Action.DUPLICATE:
+            out.write(message.raw, message.fds)
+            for _ in range(max(0, verdict.copies - 1)):
+                out.write(message.raw)
+        elif action is Action.REORDER:
+            self.held[direction].append([message, max(1, verdict.hold_for)])
+        elif action is Action.DROP:
+            _close_fds(message.fds)
+        elif action in (Action.DENY, Action.ERROR_REPLY):
+            _close_fds(message.fds)
+            self._answer_with_error(message, direction, verdict, out, back)
+        elif action is Action.DISCONNECT:
+            _close_fds(message.fds)
+            self.proxy.disconnect_for(self, message, direction, verdict.disconnect_side)
+
+    def _late_write(self, out: Conn, message: Message) -> None:
+        out.write(message.raw, message.fds)
+
+    def _answer_with_error(
+        self, message: Message, direction: Direction, verdict: Verdict, out: Conn, back: Conn
+    ) -> None:
+        name = verdict.error_name or DENIED
+        text = verdict.error_message or (
+            f"Rejected by ipcproxy: {verdict.reason}" if verdict.reason else "Rejected by ipcproxy"
+        )
+        if message.type is MessageType.METHOD_CALL:
+            if message.no_reply_expected:
+                return
+            if direction is Direction.TO_BUS:
+                caller = self.unique_name
+                responder = BUS_DRIVER_NAME
+                if verdict.action is Action.ERROR_REPLY and message.destination:
+                    responder = self.proxy.directory.owner_of(message.destination) or message.destination
+            else:
+                caller = message.sender
+                responder = None  # the bus stamps our client's name on it
+            error = wire.error_reply(
+                message, serial=self.next_injected_serial(), error_name=name, text=text, sender=responder
+            )
+            if caller is not None and error.destination != caller:
+                error = wire.build(
+                    MessageType.ERROR,
+                    serial=error.serial,
+                    error_name=name,
+                    reply_serial=message.serial,
+                    destination=caller,
+                    sender=responder,
+                    signature="s",
+                    body=[text],
+                )
+            if direction is Direction.FROM_BUS:
+                self.pending_in.pop((message.sender, message.serial), None)
+            back.write(error.raw)
+            back_dir = Direction.FROM_BUS if direction is Direction.TO_BUS else Direction.TO_BUS
+            self.proxy.recorder.message(
+                error,
+                back_dir.value,
+                {"action": "injected", "reason": verdict.reason, "by": verdict.by},
+                self.id,
+                self.client_ep,
+            )
+        elif message.type in (MessageType.METHOD_RETURN, MessageType.ERROR) and verdict.action is Action.ERROR_REPLY:
+            error = wire.build(
+                MessageType.ERROR,
+                serial=message.serial,
+                error_name=name,
+                reply_serial=message.reply_serial,
+                destination=message.destination,
+                sender=message.sender,
+                signature="s",
+                body=[text],
+            )
+            out.write(error.raw)
+            self.proxy.recorder.message(
+                error,
+                direction.value,
+                {"action": "injected", "reason": verdict.reason, "by": verdict.by},
+                self.id,
+                self.client_ep,
+            )
+        # a denied signal is simply not delivered
+
+    # teardown
+    def _closed(self, reason: str) -> None:
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.client.close(reason)
+        if self.upstream is not None:
+            self.upstream.close(reason)
+        _close_fds(self.client_parser.take_fds() + self.bus_parser.take_fds())
+        for held in self.held.values():
+            for entry in held:
+                _close_fds(entry[0].fds)
+        self.proxy.session_closed(self, reason)
+
+
+class Proxy:
+    """Listens for clients and gives each one its own upstream connection."""
+
+    def __init__(
+        self,
+        upstream: str,
+        listen: str,
+        chain: Chain,
+        recorder: Recorder,
+        directory: Directory | None = None,
+        impersonate: bool | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.upstream_text = upstream
+        self.upstream_addresses = parse(upstream)
+        self.listen_address = parse(listen)[0]
+        self.chain = chain
+        self.recorder = recorder
+        self.directory = directory or Directory()
+        self.impersonate = (os.geteuid() == 0) if impersonate is None else impersonate
+        self.loop = loop or asyncio.get_event_loop()
+        self.sessions: dict[int, Session] = {}
+        self.sessions_by_name: dict[str, Session] = {}
+        self._next_id = 0
+        self._listener: socket.socket | None = None
+        self._flush_scheduled = False
+        self.on_idle: list[Callable[[], None]] = []
+
+    @property
+    def address(self) -> str:
+        return str(self.listen_address)
+
+    def listen(self) -> str:
+        addr = self.listen_address
+        sock = socket.socket(addr.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        if addr.transport == "unix" and addr.path:
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.exists(addr.path) and not _is_socket(addr.path):
+                    raise AddressError(f"{addr.path} exists and is not a socket")
+                os.unlink(addr.path)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr.sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise AddressError(f"cannot listen on {addr}: {exc.strerror}") from None
+        if addr.transport == "unix" and addr.path:
+            os.chmod(addr.path, 0o777)  # access is the bus's decision, as with the real socket
+        sock.listen(512)
+        sock.setblocking(False)
+        self._listener = sock
+        if addr.transport == "tcp" and not addr.port:
+            host, port = sock.getsockname()[:2]
+            self.listen_address = Address("tcp", host=host, port=port)
+        self.loop.add_reader(sock.fileno(), self._accept)
+        return self.address
+
+    def adopt_listener(self, sock: socket.socket) -> None:
+        """Serve on an already bound and listening socket (interpose mode)."""
+        sock.setblocking(False)
+        self._listener = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def connect_upstream(self, as_user: tuple[int, int, list[int]] | None) -> socket.socket:
+        last: OSError | None = None
+        for address in self.upstream_addresses:
+            try:
+                return _connect(address, as_user)
+            except OSError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc.strerror)
+                return
+            sock.setblocking(False)
+            self._next_id += 1
+            session = Session(self, self._next_id, sock)
+            self.sessions[session.id] = session
+            session.start()
+            self.after_batch()
+
+    def after_batch(self) -> None:
+        self.recorder.flush()
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        self.sessions.pop(session.id, None)
+        if session.unique_name:
+            self.sessions_by_name.pop(session.unique_name, None)
+        self.recorder.event("disconnect", connection=session.id, client=session.client_ep.to_json(), reason=reason)
+        self.recorder.flush()
+
+    def disconnect_for(self, session: Session, message: Message, direction: Direction, side: str) -> None:
+        """Close the connection of the message's sender or receiver (fault injection)."""
+        client_is_sender = direction is Direction.TO_BUS
+        if (side == "sender") == client_is_sender:
+            session.close(f"disconnected by fault ({side})")
+            return
+        other_name = message.destination if client_is_sender else message.sender
+        owner = self.directory.owner_of(other_name) if other_name else None
+        target = self.sessions_by_name.get(owner) if owner else None
+        if target is not None:
+            target.close(f"disconnected by fault ({side})")
+        else:
+            # the peer is not behind this proxy: the closest we can do is cut this message's path
+            session.close(f"disconnected by fault ({side}; peer not behind the proxy)")
+
+    def rewrite_credentials(self, call: Message, reply: Message) -> Message | None:
+        """Answer the bus driver's credential look-ups with the real client's pid, not ours."""
+        try:
+            (name,) = call.args
+        except Exception:  # noqa: BLE001
+            return None
+        owner = self.directory.owner_of(name) if isinstance(name, str) else None
+        target = self.sessions_by_name.get(owner) if owner else None
+        if target is None or target.pid is None:
+            return None
+        try:
+            if call.member == "GetConnectionUnixProcessID" and reply.signature == "u":
+                if reply.args[0] == target.pid:
+                    return None
+                fast = wire.to_fast(reply, [target.pid])
+            elif call.member == "GetConnectionCredentials" and reply.signature == "a{sv}":
+                fast = wire.to_fast(reply)
+                creds = fast.body[0]
+                pid_variant = creds.get("ProcessID")
+                if pid_variant is None or pid_variant.value == target.pid:
+                    return None
+                from dbus_fast import Variant
+
+                creds["ProcessID"] = Variant("u", target.pid)
+                creds.pop("ProcessFD", None)
+                fast.unix_fds = []
+            else:
+                return None
+            new = wire.parse_message(wire.marshal(fast))
+        except Exception as exc:  # noqa: BLE001 - never break a reply over this
+            log.warning("could not rewrite credentials reply: %s", exc)
+            return None
+        return new
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            addr = self.listen_address
+            if addr.transport == "unix" and addr.path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(addr.path)
+        for session in list(self.sessions.values()):
+            session.close("proxy stopping")
+        self.recorder.flush()
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True

@@ -1,0 +1,283 @@
+"""`run` and `proxy`: build the chain and the recorder, run the proxy until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .chain import Chain, Interceptor
+from .cli import ExitStatus, UsageError
+from .dbus.address import AddressError
+from .dbus.bus import Directory
+from .dbus.launcher import BusError, PrivateBus
+from .dbus.proxy import Proxy
+from .dbus.resolver import Resolver
+from .scripting import ScriptError, load_script
+from .trace import records
+from .trace.recorder import Recorder
+from .trace.view import format_record
+from .trace.writer import Sink, open_sink
+
+
+def build_chain(args: argparse.Namespace) -> Chain:
+    """Enforcer first (it must see the message as sent), then faults, then users' scripts."""
+    chain = Chain()
+    if getattr(args, "policy", None):
+        from .policy.enforcer import load_enforcer
+
+        chain.add(load_enforcer(args.policy, args.mode))
+    if getattr(args, "faults", None):
+        from .faults.injector import load_injector
+
+        chain.add(load_injector(args.faults, args.seed))
+    for path in getattr(args, "script", []) or []:
+        try:
+            for interceptor in load_script(path):
+                chain.add(interceptor)
+        except ScriptError as exc:
+            raise UsageError(str(exc)) from None
+    return chain
+
+
+def live_printer(args: argparse.Namespace) -> Any:
+    if args.quiet:
+        return None
+    matcher = None
+    if getattr(args, "filter", None):
+        from .trace.filters import parse_filter
+
+        matcher = parse_filter(args.filter)
+    stream = sys.stderr if getattr(args, "live_to_stderr", True) else sys.stdout
+
+    def show(record: dict[str, Any]) -> None:
+        if matcher is None or matcher(record):
+            print(format_record(record), file=stream)
+
+    return show
+
+
+def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
+    sinks: list[Sink] = []
+    if args.write:
+        try:
+            sinks.append(open_sink(args.write, records.header(**header)))
+        except OSError as exc:
+            raise UsageError(f"cannot write trace {args.write}: {exc.strerror}") from None
+    return Recorder(sinks, directory.endpoint, live_printer(args), decode_args=not args.no_args)
+
+
+def reload_chain(chain: Chain) -> None:
+    for interceptor in chain.interceptors:
+        reload = getattr(interceptor, "reload", None)
+        if callable(reload):
+            try:
+                reload()
+                print(f"ipcproxy: reloaded {interceptor.name}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - keep the old rules on a bad reload
+                print(
+                    f"ipcproxy: reload of {interceptor.name} failed, keeping the old rules: {exc}",
+                    file=sys.stderr,
+                )
+
+
+class Service:
+    """The proxy plus its bus-driver resolver, with a clean stop."""
+
+    def __init__(self, upstream: str, listen: str, chain: Chain, recorder: Recorder, directory: Directory) -> None:
+        self.loop = asyncio.get_event_loop()
+        self.directory = directory
+        self.recorder = recorder
+        self.chain = chain
+        self.proxy = Proxy(upstream, listen, chain, recorder, directory, loop=self.loop)
+        self.resolver = Resolver(upstream, directory)
+        self.stop_event = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.failed = False
+
+    async def start(self) -> str:
+        try:
+            await asyncio.wait_for(self.resolver.start(), 10)
+        except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001
+            raise UsageError(f"cannot connect to the bus at {self.proxy.upstream_text}: {exc}") from None
+        address = self.proxy.listen()
+        self.recorder.event("proxy_start", upstream=self.proxy.upstream_text, listen=address)
+        self.recorder.flush()
+        self.proxy.on_idle.append(self.resolver.kick)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        self.loop.add_signal_handler(signal.SIGHUP, reload_chain, self.chain)
+        self._tasks = [asyncio.ensure_future(self._watch_bus()), asyncio.ensure_future(self._kick_resolver())]
+        return address
+
+    async def _kick_resolver(self) -> None:
+        while not self.stop_event.is_set():
+            self.resolver.kick()
+            await asyncio.sleep(0.05)
+
+    async def _watch_bus(self) -> None:
+        await self.resolver.lost.wait()
+        if not self.stop_event.is_set():
+            self.failed = True
+            self.request_stop(f"the bus at {self.proxy.upstream_text} went away")
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_event.set()
+
+    def close(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                self.loop.remove_signal_handler(sig)
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
+        self.proxy.close()
+        self.resolver.stop()
+        self.recorder.event("proxy_stop", reason=self.stop_reason or "done")
+        self.recorder.close()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+
+
+def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    chain = build_chain(args)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    directory = Directory()
+    recorder = make_recorder(args, directory, bus_address=args.upstream, mode="proxy")
+
+    async def go() -> int:
+        try:
+            service = Service(args.upstream, args.listen, chain, recorder, directory)
+            address = await service.start()
+        except AddressError as exc:
+            raise UsageError(str(exc)) from None
+        print(address, flush=True)
+        try:
+            await service.stop_event.wait()
+        finally:
+            service.close()
+        if service.failed:
+            print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
+            return ExitStatus.FAILED
+        return ExitStatus.OK
+
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        recorder.close()
+        loop.close()
+
+
+def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("run: give the command to run after --, e.g. ipcproxy run -- busctl --user list")
+    chain = build_chain(args)
+    try:
+        bus = PrivateBus(broker=args.broker).start()
+    except BusError as exc:
+        raise UsageError(str(exc)) from None
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    directory = Directory()
+    recorder = make_recorder(
+        args,
+        directory,
+        bus_address=bus.address,
+        mode="run",
+        command=cmd,
+        bus="dbus-broker" if args.broker else "dbus-daemon",
+    )
+    listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
+
+    async def go() -> int:
+        service = Service(bus.address, listen, chain, recorder, directory)
+        address = await service.start()
+        child_env = dict(env)
+        child_env["DBUS_SESSION_BUS_ADDRESS"] = address
+        if args.system_too:
+            child_env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+        services: list[asyncio.subprocess.Process] = []
+        status: int = ExitStatus.FAILED
+        try:
+            for line in args.service:
+                services.append(
+                    await asyncio.create_subprocess_exec(*shlex.split(line), env=child_env, start_new_session=True)
+                )
+            if args.wait_for:
+                await _wait_for_names(directory, args.wait_for, 10.0, service)
+            try:
+                child = await asyncio.create_subprocess_exec(*cmd, env=child_env)
+            except OSError as exc:
+                raise UsageError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+            waiter = asyncio.ensure_future(child.wait())
+            stopper = asyncio.ensure_future(service.stop_event.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), 5)
+                except TimeoutError:
+                    child.kill()
+                    await waiter
+            stopper.cancel()
+            status = child.returncode if child.returncode is not None else ExitStatus.FAILED
+            if status < 0:
+                status = 128 - status
+        finally:
+            for proc in services:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in services:
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+            # let the last messages (disconnects) pass through before closing
+            await asyncio.sleep(0.05)
+            service.close()
+        if service.failed:
+            print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
+        return status
+
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        recorder.close()
+        loop.close()
+        bus.stop()
+
+
+async def _wait_for_names(directory: Directory, names: list[str], timeout: float, service: Service) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [n for n in names if directory.owner_of(n) is None]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise UsageError(f"run: {', '.join(missing)} did not appear on the bus within {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+def interceptors_of(chain: Chain) -> list[Interceptor]:
+    return list(chain.interceptors)

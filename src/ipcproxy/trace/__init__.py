@@ -1,0 +1,1 @@
+"""Trace files: JSON Lines with a versioned header (DESIGN §5)."""
