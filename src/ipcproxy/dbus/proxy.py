@@ -420,9 +420,12 @@ class Session:
                             _close_fds(message.fds)
                             message = replacement
                             rewritten = True
-            elif mtype is MessageType.SIGNAL:
-                if message.member == "NameOwnerChanged" and message.sender == BUS_DRIVER_NAME:
-                    proxy.directory.observe(message)
+            elif (
+                mtype is MessageType.SIGNAL
+                and message.member == "NameOwnerChanged"
+                and message.sender == BUS_DRIVER_NAME
+            ):
+                proxy.directory.observe(message)
         verdict: Verdict | None = None
         ctx: Context | None = None
         if proxy.chain:
