@@ -107,7 +107,12 @@ class Service:
             await asyncio.wait_for(self.resolver.start(), 10)
         except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001
             raise UsageError(f"cannot connect to the bus at {self.proxy.upstream_text}: {exc}") from None
-        address = self.proxy.listen()
+        try:
+            address = self.proxy.listen()
+        except BaseException:
+            self.resolver.stop()
+            await asyncio.sleep(0)  # let the resolver's task finish cancelling
+            raise
         self.recorder.event("proxy_start", upstream=self.proxy.upstream_text, listen=address)
         self.recorder.flush()
         self.proxy.on_idle.append(self.resolver.kick)
