@@ -19,6 +19,7 @@ from dbus_fast import MessageFlag, Variant
 from dbus_fast import MessageType as FastType
 from dbus_fast._private.marshaller import Marshaller
 from dbus_fast._private.unmarshaller import Unmarshaller
+from dbus_fast.signature import SignatureType, get_signature_tree
 
 from ..model import BUS_DRIVER_NAME, Message, MessageType
 
@@ -101,7 +102,9 @@ class FrameParser:
         size = len(buf)
         try:
             while size - pos >= FIXED_HEADER:
-                total = frame_size(memoryview(buf)[pos : pos + FIXED_HEADER])
+                # a copy, not a memoryview: a view kept alive by a FrameError's traceback
+                # would make the buffer impossible to resize in the finally clause (BufferError)
+                total = frame_size(buf[pos : pos + FIXED_HEADER])
                 if total > self.max_size:
                     raise FrameError(f"message of {total} bytes exceeds the configured limit")
                 if size - pos < total:
@@ -177,8 +180,57 @@ def parse_message(raw: bytes) -> Message:
         body_decoder=decode_body,
         _args=fast.body,
     )
-    _check_required(message, len(raw) - FIXED_HEADER - fields_len - (-fields_len & 7))
+    body_len = len(raw) - FIXED_HEADER - fields_len - (-fields_len & 7)
+    _check_required(message, body_len)
+    if body_len:
+        # dbus-fast stops where the signature ends; bytes left over make the frame invalid
+        start = len(raw) - body_len
+        end = start
+        u32 = _U32[raw[0]]
+        try:
+            for t in get_signature_tree(fast.signature).types:
+                end = _skip(raw, end, t, u32)
+        except (IndexError, struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
+            raise FrameError(f"body does not match signature {fast.signature!r}: {exc}") from None
+        if end != len(raw):
+            raise FrameError(f"body of {body_len} bytes does not match signature {fast.signature!r}")
+    elif raw.find(_SIGNATURE_FIELD, FIXED_HEADER, FIXED_HEADER + fields_len) >= 0 and parse_header_fields(raw).get(
+        SIGNATURE
+    ):
+        raise FrameError("signature header field but no body")
     return message
+
+
+_SIGNATURE_FIELD = b"\x08\x01g\x00"
+_ALIGNMENT = {**_FIXED_SIZES, "s": 4, "o": 4, "g": 1, "a": 4, "(": 8, "{": 8, "v": 1}
+
+
+def _skip(raw: bytes, pos: int, t: SignatureType, u32: struct.Struct) -> int:
+    """Where a value of type ``t`` starting at ``pos`` ends: arrays are skipped by their length, not walked."""
+    tok = t.token
+    if tok == "s" or tok == "o":
+        pos += -pos & 3
+        return pos + 5 + u32.unpack_from(raw, pos)[0]
+    if tok == "g":
+        return pos + 2 + raw[pos]
+    if tok == "a":
+        pos += -pos & 3
+        length = u32.unpack_from(raw, pos)[0]
+        pos += 4
+        pos += -pos & (_ALIGNMENT[t.children[0].token] - 1)
+        return pos + length
+    if tok == "(" or tok == "{":
+        pos += -pos & 7
+        for child in t.children:
+            pos = _skip(raw, pos, child, u32)
+        return pos
+    if tok == "v":
+        length = raw[pos]
+        inner = raw[pos + 1 : pos + 1 + length].decode("ascii")
+        return _skip(raw, pos + 2 + length, get_signature_tree(inner).types[0], u32)
+    width = _FIXED_SIZES[tok]
+    pos += -pos & (width - 1)
+    return pos + width
 
 
 def parse_header_fields(raw: bytes) -> dict[int, Any]:
@@ -245,6 +297,18 @@ def _check_required(message: Message, body_len: int) -> None:
         raise FrameError("method return without reply serial")
     if body_len and not message.signature:
         raise FrameError("message has a body but no signature")
+    if message.reply_serial is not None and type(message.reply_serial) is not int:
+        raise FrameError("reply serial header field is not a UINT32")
+    for value in (
+        message.path,
+        message.interface,
+        message.member,
+        message.error_name,
+        message.destination,
+        message.sender,
+    ):
+        if value is not None and type(value) is not str:
+            raise FrameError("a string header field has a non-string type")
 
 
 def decode_body(message: Message) -> list[Any]:
