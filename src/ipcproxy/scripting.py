@@ -27,8 +27,10 @@ def load_script(path: str) -> list[Interceptor]:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     except SyntaxError as exc:
+        api.take_registered()
         raise ScriptError(f"script {path}, line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:  # noqa: BLE001 - the user's code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code
+        api.take_registered()
         raise ScriptError(f"script {path} failed to load: {type(exc).__name__}: {exc}") from None
     found = api.take_registered()
     for obj in getattr(module, "interceptors", []):
