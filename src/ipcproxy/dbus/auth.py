@@ -82,7 +82,7 @@ class ServerAuth:
             self._state = _State.WAIT_AUTH
         while not self.done and not self._pending_ok and self._state is not _State.WAIT_NUL:
             end = self._buf.find(b"\r\n")
-            if end < 0:
+            if end < 0 or end > MAX_LINE:
                 if len(self._buf) > MAX_LINE:
                     raise AuthError("authentication line too long")
                 return
@@ -185,7 +185,7 @@ class ClientAuth:
         self._buf += data
         while not self.done:
             end = self._buf.find(b"\r\n")
-            if end < 0:
+            if end < 0 or end > MAX_LINE:
                 if len(self._buf) > MAX_LINE:
                     raise AuthError("bus sent an overlong authentication line")
                 return

@@ -336,7 +336,13 @@ class Session:
                 return
             assert self.upstream is not None and auth.guid is not None
             self.upstream.unix_fds = auth.unix_fd
-            self.server_auth.upstream_ready(auth.guid, auth.unix_fd)
+            try:
+                # lines the client pipelined are only read now, and may be garbage
+                self.server_auth.upstream_ready(auth.guid, auth.unix_fd)
+            except AuthError as exc:
+                self.client.write(self.server_auth.output())
+                self.client.close(f"authentication failed: {exc}")
+                return
             self.client.write(self.server_auth.output())
             if self.server_auth.done:
                 # the client pipelined BEGIN and its first messages
