@@ -203,14 +203,19 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     directory = Directory()
-    recorder = make_recorder(
-        args,
-        directory,
-        bus_address=bus.address,
-        mode="run",
-        command=cmd,
-        bus="dbus-broker" if args.broker else "dbus-daemon",
-    )
+    try:
+        recorder = make_recorder(
+            args,
+            directory,
+            bus_address=bus.address,
+            mode="run",
+            command=cmd,
+            bus="dbus-broker" if args.broker else "dbus-daemon",
+        )
+    except BaseException:
+        loop.close()
+        bus.stop()
+        raise
     listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
 
     async def go() -> int:
