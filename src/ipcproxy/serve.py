@@ -229,9 +229,15 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         status: int = ExitStatus.FAILED
         try:
             for line in args.service:
-                services.append(
-                    await asyncio.create_subprocess_exec(*shlex.split(line), env=child_env, start_new_session=True)
-                )
+                try:
+                    argv = shlex.split(line)
+                    if not argv:
+                        raise ValueError("empty command")
+                    services.append(await asyncio.create_subprocess_exec(*argv, env=child_env, start_new_session=True))
+                except ValueError as exc:
+                    raise UsageError(f"run: --service {line!r}: {exc}") from None
+                except OSError as exc:
+                    raise UsageError(f"run: cannot start service {line!r}: {exc.strerror}") from None
             if args.wait_for:
                 await _wait_for_names(directory, args.wait_for, 10.0, service)
             try:
