@@ -320,3 +320,32 @@ def test_delay_and_drop_verdicts_are_recorded(tmp_path: Path) -> None:
     # the delayed call still reached hostnamed; the dropped one did not
     reached = {r["args"][1] for r in recs if r["member"] == "Get" and r["direction"] == "from_bus"}
     assert reached == {"KernelName"}
+
+
+def test_modified_then_delayed_message_is_delivered_modified(
+    tmp_path: Path, bus: Any, proxy_factory: Any, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Non-terminal verdicts combine: the rewritten reply is the one delivered late."""
+    script = write_script(
+        tmp_path,
+        """
+        from ipcproxy.api import MessageType, delay, interceptor
+
+        @interceptor
+        def late(ctx):
+            if ctx.message.type is MessageType.METHOD_RETURN and ctx.message.signature == "v":
+                return delay(0.05, reason="late")
+        """,
+    )
+    monkeypatch.setenv("FAKE_HOSTNAME", "late-host")
+    # hostnamed directly on the bus, so its reply crosses the proxy once, on its way to busctl
+    services.start([HOSTNAMED], bus.address, wait_name=HOSTNAME1)
+    proxy = proxy_factory(bus.address, "-s", str(EXAMPLES / "rewrite_hostname.py"), "-s", str(script))
+    out = busctl(proxy.address, "get-property", HOSTNAME1, HOSTNAME_PATH, HOSTNAME1, "Hostname").stdout
+    assert out == 's "late-host"\n'
+    proxy.stop()
+    replies = [r for r in messages(proxy.records()) if r["signature"] == "v"]
+    assert [r["args"] for r in replies] == [["late-host"]]
+    assert replies[0]["verdict"]["action"] == "delayed"
+    assert replies[0]["verdict"]["by"] == "late"
+    assert replies[0]["verdict"]["modified"] == "fake host name"

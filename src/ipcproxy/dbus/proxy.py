@@ -505,6 +505,8 @@ class Session:
         back = self.client if direction is Direction.TO_BUS else self.upstream
         assert out is not None and back is not None
         action = verdict.action
+        if verdict.replacement is not None:
+            message = verdict.replacement  # modified, and then also delayed, duplicated or held back
         if action in (Action.FORWARD, Action.VIOLATION, Action.MODIFY):
             target = verdict.replacement if action is Action.MODIFY and verdict.replacement else message
             out.write(target.raw, target.fds)
