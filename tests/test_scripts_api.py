@@ -6,8 +6,10 @@ unchanged, through `ipcproxy run` and `ipcproxy proxy`.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import socket
 import subprocess
 import textwrap
@@ -349,3 +351,19 @@ def test_modified_then_delayed_message_is_delivered_modified(
     assert replies[0]["verdict"]["action"] == "delayed"
     assert replies[0]["verdict"]["by"] == "late"
     assert replies[0]["verdict"]["modified"] == "fake host name"
+
+
+# --- the documentation shows what really runs ----------------------------------------------------
+
+
+def test_interceptor_docs_embed_the_examples_verbatim_and_their_snippets_compile() -> None:
+    doc = (ROOT / "docs" / "interceptors.md").read_text()
+    for name in ("log_property_reads.py", "rewrite_hostname.py"):
+        source = (EXAMPLES / name).read_text()
+        docstring_end = ast.parse(source).body[0].end_lineno
+        code = "\n".join(source.splitlines()[docstring_end:]).strip("\n")
+        assert code in doc, f"docs/interceptors.md is out of date with examples/{name}"
+    snippets = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(snippets) >= 4
+    for snippet in snippets:
+        compile(snippet, "docs/interceptors.md", "exec")
