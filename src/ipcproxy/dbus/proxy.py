@@ -518,7 +518,10 @@ class Session:
             for _ in range(max(0, verdict.copies - 1)):
                 out.write(message.raw)
         elif action is Action.REORDER:
-            self.held[direction].append([message, max(1, verdict.hold_for)])
+            entry: list[Any] = [message, max(1, verdict.hold_for)]
+            self.held[direction].append(entry)
+            if verdict.delay_s > 0:  # release it anyway if too few later messages come
+                self.loop.call_later(verdict.delay_s, self._release_held, direction, out, entry)
         elif action is Action.DROP:
             _close_fds(message.fds)
         elif action in (Action.DENY, Action.ERROR_REPLY):
@@ -530,6 +533,14 @@ class Session:
 
     def _late_write(self, out: Conn, message: Message) -> None:
         out.write(message.raw, message.fds)
+
+    def _release_held(self, direction: Direction, out: Conn, entry: list[Any]) -> None:
+        held = self.held[direction]
+        for i, candidate in enumerate(held):
+            if candidate is entry:
+                del held[i]
+                out.write(entry[0].raw, entry[0].fds)
+                return
 
     def _answer_with_error(
         self, message: Message, direction: Direction, verdict: Verdict, out: Conn, back: Conn
