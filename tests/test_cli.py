@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,3 +234,18 @@ def test_proxy_prints_its_address_and_stops_cleanly(tmp_path: Path, bus: Any, si
     assert recs[-1]["event"] == "proxy_stop"
     assert recs[-1]["reason"] == f"signal {signal.Signals(sig).name}"
     assert any(rec.get("member") == "GetId" for rec in recs)
+
+
+# --- the README's tour matches the command line ---------------------------------------------------
+
+
+def test_readme_tours_every_command_with_an_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for command in COMMANDS:
+        assert f"**`{command}`**" in readme, command
+        assert re.search(rf"^(\$ |sudo )?ipcproxy {re.escape(command)} ", readme, re.M), command
+    for doc in ("install.md", "commands-run-proxy.md", "interceptors.md"):
+        assert f"(docs/{doc})" in readme
+        assert (ROOT / "docs" / doc).is_file()
+    for snippet in re.findall(r"```python\n(.*?)```", readme, re.S):
+        compile(snippet, "README.md", "exec")
