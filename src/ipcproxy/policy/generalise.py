@@ -1,0 +1,101 @@
+"""Turning the values seen for one argument (or path) into a constraint.
+
+Up to ``threshold`` distinct values stay an exact set. Past it, the learner
+assumes the set is open and generalises: numbers to a range widened by the
+average gap between the values seen (the usual estimate of where unseen
+values of the same kind fall), strings to a pattern (common prefix and suffix
+cut at a separator, the character classes seen in between) with a length
+bound, arrays and dicts to a size bound.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
+
+from .model import ArgConstraint, canonical
+
+
+def distinct(values: list[Any]) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for value in values:
+        seen.setdefault(canonical(value), value)
+    return [seen[key] for key in sorted(seen)]
+
+
+def constraint(values: list[Any], threshold: int) -> ArgConstraint | None:
+    """The tightest sensible constraint for these observed values (None: no sensible one)."""
+    unique = distinct(values)
+    if len(unique) <= threshold:
+        return ArgConstraint(values=unique)
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in unique):
+        return ArgConstraint(range=number_range(unique))
+    if all(isinstance(v, str) for v in unique):
+        return ArgConstraint(pattern=string_pattern(unique), max_len=size_bound(max(len(v) for v in unique)))
+    if all(isinstance(v, list | dict) for v in unique):
+        return ArgConstraint(max_len=size_bound(max(len(v) for v in unique)))
+    return None
+
+
+def number_range(values: list[int | float]) -> tuple[float, float]:
+    low, high = min(values), max(values)
+    slack = (high - low) / (len(values) - 1) if len(values) > 1 else 0
+    lo, hi = low - slack, high + slack
+    if low >= 0 > lo:
+        lo = 0  # never learn a sign that was not seen
+    if all(isinstance(v, int) for v in values):
+        return (math.floor(lo), math.ceil(hi))
+    return (math.floor(lo * 1000) / 1000, math.ceil(hi * 1000) / 1000)
+
+
+def size_bound(longest: int) -> int:
+    """The next power of two: room for growth, without accepting anything at all."""
+    bound = 1
+    while bound < longest:
+        bound *= 2
+    return bound
+
+
+def _cut_prefix(prefix: str) -> str:
+    for i in range(len(prefix) - 1, -1, -1):
+        if not prefix[i].isalnum():
+            return prefix[: i + 1]
+    return ""
+
+
+def _cut_suffix(suffix: str) -> str:
+    for i, ch in enumerate(suffix):
+        if not ch.isalnum():
+            return suffix[i:]
+    return ""
+
+
+def string_pattern(values: list[str]) -> str:
+    prefix = _cut_prefix(os.path.commonprefix(values))
+    suffix = _cut_suffix(os.path.commonprefix([v[::-1] for v in values])[::-1])
+    shortest = min(len(v) for v in values)
+    if len(prefix) + len(suffix) > shortest:
+        suffix = ""
+    middles = [v[len(prefix) : len(v) - len(suffix)] for v in values]
+    classes: list[str] = []
+    chars = set("".join(middles))
+    for name, test in (("a-z", str.islower), ("A-Z", str.isupper), ("0-9", str.isdigit)):
+        if any(c.isascii() and test(c) for c in chars):
+            classes.append(name)
+    others = sorted(c for c in chars if not (c.isascii() and c.isalnum()))
+    classes += [re.escape(c) for c in others]
+    quantifier = "+" if all(middles) else "*"
+    middle = f"[{''.join(classes)}]{quantifier}" if classes else ""
+    return re.escape(prefix) + middle + re.escape(suffix)
+
+
+def path_generalisation(paths: list[str], threshold: int) -> tuple[tuple[str, ...] | None, str | None]:
+    """Exact paths while there are few; a prefix (cut at a '/') past the threshold."""
+    unique = sorted(set(paths))
+    if len(unique) <= threshold:
+        return tuple(unique), None
+    prefix = os.path.commonprefix(unique)
+    prefix = prefix[: prefix.rfind("/") + 1] or "/"
+    return None, prefix
