@@ -103,9 +103,16 @@ def test_run_with_a_service_that_cannot_start(service: str, fragment: str) -> No
 
 
 def test_run_with_an_unwritable_trace_leaves_no_bus_behind(tmp_path: Path) -> None:
-    before = set(Path("/tmp").glob("ipcproxy-bus-*"))
-    assert_usage_error(ipcproxy("run", "-w", str(tmp_path / "missing" / "t.jsonl"), "--", "true"), "cannot write trace")
-    assert set(Path("/tmp").glob("ipcproxy-bus-*")) <= before
+    private_tmp = tmp_path / "tmp"  # where run creates its bus directory
+    private_tmp.mkdir()
+    r = ipcproxy(
+        "run", "-w", str(tmp_path / "missing" / "t.jsonl"), "--", "true",
+        env=dict(os.environ, TMPDIR=str(private_tmp)),
+    )  # fmt: skip
+    assert_usage_error(r, "cannot write trace")
+    assert list(private_tmp.iterdir()) == []  # the bus was stopped and its directory removed
+    left = subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True, text=True)
+    assert left.stdout == ""
 
 
 def test_proxy_needs_upstream_and_listen() -> None:
