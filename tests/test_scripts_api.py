@@ -232,6 +232,22 @@ def test_load_script_collects_decorated_functions_and_objects(tmp_path: Path) ->
     assert api.take_registered() == []
 
 
+def test_script_can_import_a_module_next_to_it(tmp_path: Path) -> None:
+    write_script(tmp_path, "BLOCKED = {'SetHostname'}\n", "rules_helper_for_test.py")
+    script = write_script(
+        tmp_path,
+        """
+        from ipcproxy.api import drop, interceptor
+        from rules_helper_for_test import BLOCKED
+
+        @interceptor
+        def block(ctx):
+            return drop() if ctx.message.member in BLOCKED else None
+        """,
+    )
+    assert [i.name for i in load_script(str(script))] == ["block"]
+
+
 # --- interceptors that fail at run time ----------------------------------------------------------
 
 

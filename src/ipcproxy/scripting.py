@@ -22,6 +22,10 @@ def load_script(path: str) -> list[Interceptor]:
     if spec is None or spec.loader is None:
         raise ScriptError(f"script {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # like `python FILE.py`: modules next to the script can be imported (after installed ones)
+    here = os.path.dirname(os.path.abspath(path))
+    if here not in sys.path:
+        sys.path.append(here)
     api.take_registered()
     try:
         sys.modules[name] = module
