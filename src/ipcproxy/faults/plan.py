@@ -323,7 +323,7 @@ _TRIGGER_KEYS = {"nth", "from", "to", "every", "probability", "window_ms", "afte
 
 
 def parse_trigger(ctx: _Ctx, container: Any, key: Any) -> Trigger:
-    raw = _mapping(ctx, container, key, container.get(key), _TRIGGER_KEYS)
+    raw = _mapping(ctx, container, key, container.get(key, {}), _TRIGGER_KEYS)
     kwargs: dict[str, Any] = {}
     if "nth" in raw:
         kwargs["nth"] = _int(ctx, raw, "nth", 1)
@@ -371,7 +371,7 @@ _ACTION_KEYS: dict[str, set[str]] = {
 
 
 def parse_action(ctx: _Ctx, container: Any, key: Any) -> ActionSpec:
-    raw = container.get(key)
+    raw = container[key] if isinstance(container, list) else container.get(key)
     if not isinstance(raw, dict) or len(raw) != 1:
         raise ctx.fail(container, key, f"action must be exactly one of {', '.join(_ACTION_KEYS)}, e.g. {{drop: {{}}}}")
     kind, params = next(iter(raw.items()))

@@ -1,0 +1,248 @@
+"""A trace as the messages each component sent, comparable across runs (pure logic).
+
+The proxy may record one message twice (leaving its sender, reaching its
+receiver); here it becomes one ``Sent`` with the set of components that
+received it. What differs naturally between runs of the same system is taken
+out: unique names become component names, serials and times are dropped. The
+probe connections of a campaign and everything after its teardown mark are
+left out, since they are not the system's behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model import BUS_DRIVER_NAME
+
+_UNIQUE = re.compile(r"^:\d+\.\d+$")
+
+
+@dataclass(slots=True)
+class Sent:
+    """One message as its sender sent it, and what happened to it."""
+
+    seq: int
+    sender: str
+    sender_unique: str | None
+    destination: str | None  # component, None for a broadcast
+    type: str
+    path: str | None
+    interface: str | None
+    member: str | None
+    error_name: str | None
+    signature: str
+    args: list[Any]
+    reply_to: tuple[str | None, str | None] | None = None  # (interface, member) of the call answered
+    receivers: set[str] = field(default_factory=set)
+    fate: str = "forwarded"
+    fault: dict[str, Any] | None = None  # the injector's notes, when a fault acted on it
+    injected: bool = False  # made by the proxy (an injected error), not by the sender
+    workload: bool = False  # sent once the workload had started
+
+    def header_key(self) -> tuple[Any, ...]:
+        return (
+            self.type,
+            self.destination,
+            self.path,
+            self.interface,
+            self.member,
+            self.error_name,
+            self.signature,
+            self.reply_to,
+        )
+
+    def as_sent_args(self) -> list[Any]:
+        """The arguments as the sender wrote them (before a fault modified them)."""
+        if self.fault and "original_args" in self.fault:
+            return list(self.fault["original_args"])
+        return self.args
+
+    def describe(self) -> str:
+        what = self.member or self.error_name or ""
+        if self.reply_to:
+            what = f"reply to {self.reply_to[1]}" + (f" ({self.error_name})" if self.error_name else "")
+        to = self.destination or "*"
+        return f"{self.type} {self.sender} -> {to} {self.interface or ''} {what}".replace("  ", " ").strip()
+
+
+@dataclass(slots=True)
+class Canon:
+    """A trace reduced to what its components sent."""
+
+    messages: list[Sent]
+    components: dict[str, str]  # unique name -> component
+    disconnects: list[tuple[int, str]]  # (seq, component) of connections that closed before the teardown
+    workload_start: int | None
+    workload_end: int | None
+    last_seq: int
+    pids: dict[int, str] = field(default_factory=dict)  # process id -> component
+
+    def sent_by(self, component: str) -> list[Sent]:
+        return [m for m in self.messages if m.sender == component and not m.injected]
+
+    @property
+    def faulted(self) -> list[Sent]:
+        return [m for m in self.messages if m.fault is not None]
+
+    def all_components(self) -> set[str]:
+        out = {m.sender for m in self.messages}
+        for m in self.messages:
+            out |= m.receivers
+        return out
+
+
+def _label(ep: dict[str, Any], names: dict[str, set[str]]) -> str:
+    unique = ep.get("bus_name")
+    if unique == BUS_DRIVER_NAME:
+        return BUS_DRIVER_NAME
+    known = set(names.get(unique or "", set())) | {n for n in ep.get("names") or [] if not n.startswith(":")}
+    if known:
+        return sorted(known)[0]
+    return ep.get("exe") or ep.get("comm") or unique or "?"
+
+
+def normalize(value: Any, labels: dict[str, str]) -> Any:
+    """Unique names inside values become component names (they differ from run to run)."""
+    if isinstance(value, str):
+        if _UNIQUE.match(value):
+            return "@" + labels.get(value, "unique")
+        return value
+    if isinstance(value, list):
+        return [normalize(v, labels) for v in value]
+    if isinstance(value, dict):
+        return {str(normalize(k, labels)): normalize(v, labels) for k, v in value.items()}
+    return value
+
+
+def canonical(records: Iterable[dict[str, Any]]) -> Canon:
+    recs = list(records)
+    # who is who: every name a unique name was seen with, and which unique name each connection has
+    names: dict[str, set[str]] = {}
+    conn_unique: dict[int, str] = {}
+    eps: dict[str, dict[str, Any]] = {}
+    probes: set[str] = set()
+    teardown: int | None = None
+    start: int | None = None
+    end: int | None = None
+    for r in recs:
+        if r.get("type") == "event":
+            client = r.get("client") or {}
+            if client.get("bus_name") and r.get("connection") is not None:
+                conn_unique[r["connection"]] = client["bus_name"]
+                eps.setdefault(client["bus_name"], client)
+            if r.get("event") == "campaign":
+                phase = r.get("phase")
+                if phase == "probe" and r.get("bus_name"):
+                    probes.add(r["bus_name"])
+                elif phase == "teardown" and teardown is None:
+                    teardown = r["seq"]
+                elif phase == "workload_start" and start is None:
+                    start = r["seq"]
+                elif phase == "workload_end" and end is None:
+                    end = r["seq"]
+            continue
+        for side in ("sender", "destination"):
+            ep = r.get(side) or {}
+            unique = ep.get("bus_name")
+            if unique:
+                names.setdefault(unique, set()).update(n for n in ep.get("names") or [] if not n.startswith(":"))
+                if ep.get("exe") or unique not in eps:
+                    eps[unique] = ep
+        if r.get("direction") == "to_bus" and (r.get("sender") or {}).get("bus_name"):
+            conn_unique[r["connection"]] = r["sender"]["bus_name"]
+    labels = {unique: _label(ep, names) for unique, ep in eps.items()}
+    labels[BUS_DRIVER_NAME] = BUS_DRIVER_NAME
+
+    def label(ep: dict[str, Any] | None, unique: str | None) -> str | None:
+        if unique and unique in labels:
+            return labels[unique]
+        if not ep or (not ep.get("bus_name") and not ep.get("exe") and not ep.get("names")):
+            return None
+        return _label(ep, names)
+
+    by_key: dict[tuple[str, int, bool], Sent] = {}
+    calls: dict[tuple[str, int], Sent] = {}
+    out: list[Sent] = []
+    disconnects: list[tuple[int, str]] = []
+    last_seq = 0
+    for r in recs:
+        seq = r.get("seq", 0)
+        if teardown is not None and seq > teardown:
+            break
+        last_seq = seq
+        if r.get("type") == "event":
+            if r.get("event") == "disconnect":
+                client = r.get("client") or {}
+                unique = client.get("bus_name")
+                if unique not in probes:
+                    disconnects.append((seq, label(client, unique) or "?"))
+            continue
+        verdict = r.get("verdict")
+        vdict = verdict if isinstance(verdict, dict) else {}
+        injected = vdict.get("action") == "injected"
+        to_bus = r.get("direction") == "to_bus"
+        sender_ep = r.get("sender") or {}
+        dest_ep = r.get("destination") or {}
+        if to_bus and not injected:
+            sender_unique = conn_unique.get(r.get("connection", -1)) or sender_ep.get("bus_name")
+        else:
+            sender_unique = sender_ep.get("bus_name")
+        dest_unique = dest_ep.get("bus_name") or r.get("destination_name")
+        if sender_unique in probes or dest_unique in probes:
+            continue
+        key = (sender_unique or f"#{r.get('connection')}", r.get("serial", 0), injected)
+        fault = vdict if "fault" in vdict else None
+        fate = vdict.get("action", "forwarded") if vdict else str(verdict or "forwarded")
+        existing = by_key.get(key)
+        if existing is not None and not to_bus:
+            receiver = label(dest_ep, dest_unique)
+            if receiver and fate not in ("dropped", "error_reply", "disconnected", "denied"):
+                existing.receivers.add(receiver)
+            if fault is not None and existing.fault is None:
+                existing.fault, existing.fate = fault, fate
+            continue
+        msg = Sent(
+            seq=seq,
+            sender=label(sender_ep, sender_unique) or "?",
+            sender_unique=sender_unique,
+            destination=label(dest_ep, dest_unique) if (r.get("destination_name") or dest_unique) else None,
+            type=r.get("type", "?"),
+            path=r.get("path"),
+            interface=r.get("interface"),
+            member=r.get("member"),
+            error_name=r.get("error_name"),
+            signature=r.get("signature") or "",
+            args=normalize(r.get("args") or [], labels),
+            fate=fate,
+            fault=fault,
+            injected=injected,
+            workload=start is not None and seq > start,
+        )
+        if fault is not None and "original_args" in fault:
+            fault = dict(fault)
+            fault["original_args"] = normalize(fault["original_args"], labels)
+            msg.fault = fault
+        if msg.type in ("method_return", "error"):
+            call = calls.get((dest_unique or "", r.get("reply_serial") or 0))
+            msg.reply_to = (call.interface, call.member) if call is not None else (None, None)
+        elif msg.type == "method_call":
+            calls[(sender_unique or "", r.get("serial", 0))] = msg
+        if not to_bus or injected:
+            receiver = label(dest_ep, dest_unique)
+            if receiver and fate not in ("dropped", "error_reply", "disconnected", "denied"):
+                msg.receivers.add(receiver)
+        elif msg.destination and dest_unique not in conn_unique.values() and fate not in ("dropped", "error_reply"):
+            msg.receivers.add(msg.destination)  # its receiver is not behind the proxy (the bus driver)
+        by_key[key] = msg
+        out.append(msg)
+    pids = {ep["pid"]: labels[u] for u, ep in eps.items() if ep.get("pid") and u in labels}
+    return Canon(out, labels, disconnects, start, end, last_seq, pids)
+
+
+def key_text(msg: Sent, args: list[Any]) -> str:
+    """A stable text key for a message with the given (masked) arguments."""
+    return json.dumps([list(msg.header_key()), args], sort_keys=True, default=str)

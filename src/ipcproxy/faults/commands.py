@@ -1,0 +1,124 @@
+"""`ipcproxy campaign` and `ipcproxy diff`: argument checking, progress bar, printed results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from ..cli import ExitStatus, UsageError
+from ..trace.reader import TraceError, iter_trace
+from .campaign import CampaignError, Progress, Runner
+from .diff import diff_records, render
+from .outcome import OUTCOMES
+from .plan import PlanError, load_campaign
+
+
+def _progress(bar: RichProgress) -> Progress:
+    task: list[Any] = []
+    counts: Counter[str] = Counter()
+
+    def start(description: str, total: int) -> None:
+        if task:
+            bar.update(task[0], completed=bar.tasks[0].total)
+            bar.stop_task(task[0])
+            bar.remove_task(task[0])
+            task.clear()
+        counts.clear()
+        task.append(bar.add_task(description, total=total, info=""))
+
+    def advance(tag: str) -> None:
+        counts[tag] += 1
+        summary = " ".join(f"{k}:{n}" for k, n in sorted(counts.items()))
+        bar.update(task[0], advance=1, info=summary)
+
+    return Progress(start, advance)
+
+
+def summary_table(results: list[dict[str, Any]]) -> Table:
+    table = Table(title="campaign results", show_lines=False)
+    for col in ("run", "fault", "outcome", "propagation", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(
+            str(r["run"]),
+            str((r.get("fault") or {}).get("name")),
+            r["outcome"],
+            " > ".join(r.get("propagation") or []) or "-",
+            str(r.get("detail", ""))[:100],
+        )
+    return table
+
+
+def totals_table(results: list[dict[str, Any]]) -> Table:
+    counts = Counter(r["outcome"] for r in results)
+    table = Table(title="outcomes")
+    table.add_column("outcome")
+    table.add_column("runs", justify="right")
+    for outcome in (*OUTCOMES, "error"):
+        if counts.get(outcome):
+            table.add_row(outcome, str(counts[outcome]))
+    table.add_row("total", str(len(results)))
+    return table
+
+
+def campaign_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        campaign = load_campaign(args.plan)
+    except PlanError as exc:
+        raise UsageError(str(exc)) from None
+    if args.jobs < 1:
+        raise UsageError("campaign: -j needs at least 1")
+    runner = Runner(campaign, args.output, args.jobs, args.seed)
+    err = Console(file=sys.stderr)
+    try:
+        if args.quiet:
+            results = runner.run()
+        else:
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            with RichProgress(*columns, console=err, transient=False) as bar:
+                bar_progress = _progress(bar)
+                results = runner.run(bar_progress)
+    except CampaignError as exc:
+        print(f"ipcproxy campaign: {exc}", file=sys.stderr)
+        return ExitStatus.FAILED
+    except OSError as exc:
+        raise UsageError(f"campaign: {exc}") from None
+    out = Console(file=sys.stdout, width=160)
+    if results:
+        out.print(summary_table(results))
+        out.print(totals_table(results))
+    out.print(f"results: {runner.path('results.jsonl')}")
+    if runner.interrupted:
+        print("ipcproxy campaign: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return ExitStatus.OK
+
+
+def diff_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        a = list(iter_trace(args.a))
+        b = list(iter_trace(args.b))
+    except TraceError as exc:
+        raise UsageError(str(exc)) from None
+    d = diff_records(a, b)
+    if args.json:
+        print(json.dumps(d.to_json(), indent=1))
+    else:
+        print(render(d, args.a, args.b))
+    return ExitStatus.OK if d.same else ExitStatus.FAILED

@@ -1,0 +1,96 @@
+"""Faults enumerated from a golden trace: every matching message × every listed action.
+
+Each enumerated fault names one message of the golden run by a selector
+precise enough to be stable across runs (type, path, interface, member, the
+sender's and receiver's component, the call a reply answers) and the
+occurrence of that selector (``nth``), counted exactly as the live injector
+counts. A seeded sample keeps campaigns small.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from ..chain import Context
+from ..model import BUS_DRIVER_NAME, Endpoint, MessageType
+from .offline import replay, system_records
+from .plan import EnumerateSpec, FaultSpec, Selector, _Ctx, fault_from_dict, parse_selector
+from .selectors import OwnedNames, matches
+
+
+def _identity(ep: Endpoint, header: str | None, owned: OwnedNames) -> str | None:
+    if header and not header.startswith(":"):
+        return header
+    if ep.bus_name == BUS_DRIVER_NAME:
+        return BUS_DRIVER_NAME
+    names = sorted(owned.of(ep.bus_name) | {n for n in ep.names if not n.startswith(":")})
+    if names:
+        return names[0]
+    return ep.exe
+
+
+def selector_for(ctx: Context, owned: OwnedNames) -> dict[str, Any]:
+    """The plan-form selector naming this message's kind, sender and receiver."""
+    msg = ctx.message
+    sel: dict[str, Any] = {"type": msg.type.wire_name}
+    sender = _identity(ctx.sender, msg.sender, owned)
+    if sender:
+        sel["sender"] = sender
+    if msg.destination is not None:
+        dest = _identity(ctx.destination, msg.destination, owned)
+        if dest:
+            sel["destination"] = dest
+    for key in ("path", "interface", "member", "error_name"):
+        value = getattr(msg, key)
+        if value is not None:
+            sel[key] = value
+    call = ctx.call_message
+    if msg.type in (MessageType.METHOD_RETURN, MessageType.ERROR) and call is not None:
+        sel["reply_to"] = {k: getattr(call, k) for k in ("interface", "member") if getattr(call, k) is not None}
+    return sel
+
+
+def _key(sel: dict[str, Any]) -> str:
+    return repr(sorted(sel.items()))
+
+
+def candidates(records: Iterable[dict[str, Any]], match: Selector) -> list[tuple[dict[str, Any], int, int]]:
+    """(selector, nth, seq) for every message that ``match`` selects where the injector decides."""
+    recs = list(system_records(records))
+    owned = OwnedNames()
+    chosen: list[tuple[dict[str, Any], int]] = []
+    for p in replay(recs, owned):
+        if p.decides and matches(match, p.ctx, owned):
+            chosen.append((selector_for(p.ctx, owned), p.ctx.seq))
+    selectors = {_key(sel): parse_selector(_Ctx("<enumerate>"), {"match": sel}, "match") for sel, _ in chosen}
+    running = dict.fromkeys(selectors, 0)
+    nth_at: dict[tuple[str, int], int] = {}
+    owned = OwnedNames()  # count again from the start, as the live injector will
+    for p in replay(recs, owned):
+        if not p.decides:
+            continue
+        for key, sel_obj in selectors.items():
+            if matches(sel_obj, p.ctx, owned):
+                running[key] += 1
+                nth_at[(key, p.ctx.seq)] = running[key]
+    return [(sel, nth_at[(_key(sel), seq)], seq) for sel, seq in chosen if (_key(sel), seq) in nth_at]
+
+
+def enumerate_faults(
+    records: list[dict[str, Any]], spec: EnumerateSpec, seed: int, first_index: int
+) -> list[FaultSpec]:
+    found = candidates(records, spec.match)
+    if spec.sample is not None and spec.sample < len(found):
+        rng = random.Random(f"{seed}:enumerate")
+        found = [found[i] for i in sorted(rng.sample(range(len(found)), spec.sample))]
+    faults: list[FaultSpec] = []
+    for sel, nth, seq in found:
+        for action in spec.actions:
+            kind = next(iter(action))
+            what = sel.get("member") or (sel.get("reply_to") or {}).get("member", "") or sel.get("error_name", "")
+            label = f"{kind}:{sel['type']}:{what}#{nth}@{seq}"
+            data = {"name": label, "match": sel, "when": {"nth": nth}, "action": action}
+            faults.append(fault_from_dict(data, first_index + len(faults)))
+    return faults
