@@ -8,12 +8,12 @@ the offline checker advance it the same way.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..chain import Context
 from .facts import Facts, facts_of
 from .identity import peer_fields, peer_label, peer_matches, subjects_for, symbol
-from .model import ANY, START, Policy, Rule, Subject, flow
+from .model import ANY, START, ArgConstraint, Policy, Rule, Subject, flow
 
 # kinds of decisions
 ALLOWED = "allowed"
@@ -75,6 +75,22 @@ def _args_violation(rule: Rule, facts: Facts) -> str | None:
         if why is not None:
             return f"argument {index}: {why}"
     return None
+
+
+def widened(rule: Rule, facts: Facts) -> Rule:
+    """The rule changed just enough to accept this message's arguments."""
+    args = facts.args()
+    new_args: dict[int, ArgConstraint] = {}
+    for index, c in rule.args.items():
+        value = args[index] if index < len(args) else None
+        if index >= len(args) or c.violation(value) is None:
+            new_args[index] = c
+        elif c.values is not None and c.range is None and c.pattern is None and c.max_len is None:
+            new_args[index] = ArgConstraint(values=[*c.values, value])
+        elif c.range is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            new_args[index] = ArgConstraint(range=(min(c.range[0], value), max(c.range[1], value)))
+        # anything else: the constraint has to go
+    return replace(rule, args=new_args)
 
 
 @dataclass(slots=True)
@@ -189,7 +205,7 @@ def _match_rules(policy: Policy, subjects: list[Subject], facts: Facts, label: s
             + (f" (rule at line {rule.line})" if rule.line else ""),
             label,
             rule=rule,
-            needed=rule.describe(),
+            needed=widened(rule, facts).describe(),
         )
     needed = needed_rule(facts)
     return Decision(
