@@ -41,9 +41,11 @@ def needs_delivery_side(action: ActionSpec) -> bool:
 
     The bus validates every message it receives and drops the sender for a
     malformed one, so a broken body is only seen by the receiver if it is
-    broken on its way out of the bus; a reorder is about what the receiver sees.
+    broken on its way out of the bus; a reorder is about what the receiver
+    sees; and dbus-daemon refuses a second call with a serial it is still
+    waiting to see answered, so a call is duplicated as it reaches the callee.
     """
-    return isinstance(action, Reorder | Truncate) or (isinstance(action, Corrupt) and not action.valid)
+    return isinstance(action, Reorder | Truncate | Duplicate) or (isinstance(action, Corrupt) and not action.valid)
 
 
 def body_offset(raw: bytes) -> int:
