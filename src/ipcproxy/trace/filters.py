@@ -14,6 +14,8 @@ import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..cli import UsageError
+
 Record = dict[str, Any]
 Matcher = Callable[[Record], bool]
 
@@ -37,6 +39,12 @@ KEYS = (
     "signature",
 )
 _INT_KEYS = ("serial", "reply_serial", "connection")
+
+
+class FilterError(ValueError, UsageError):
+    """A bad expression: a ValueError for callers, and a one-line usage error if nobody catches it."""
+
+
 _TERM = re.compile(r"^([A-Za-z_]+)(!=|=)(.*)$", re.DOTALL)
 
 
@@ -116,11 +124,11 @@ def _value_matcher(key: str, pattern: str) -> Callable[[Iterable[str]], bool]:
         alternatives = [TYPE_ALIASES.get(a, a) for a in alternatives]
         for alt in alternatives:
             if not _is_glob(alt) and alt not in TYPES:
-                raise ValueError(f"unknown message type {alt!r} in filter (known: {', '.join(TYPES)})")
+                raise FilterError(f"unknown message type {alt!r} in filter (known: {', '.join(TYPES)})")
     if key in _INT_KEYS:
         for alt in alternatives:
             if not _is_glob(alt) and not alt.isdigit():
-                raise ValueError(f"{key} must be a number, not {alt!r}")
+                raise FilterError(f"{key} must be a number, not {alt!r}")
     plain = [a for a in alternatives if not _is_glob(a)]
     globs = [a for a in alternatives if _is_glob(a)]
     plain_set = set(plain)
@@ -145,19 +153,19 @@ def _is_glob(text: str) -> bool:
 
 
 def parse_filter(expr: str) -> Matcher:
-    """Compile ``expr`` into a predicate on records; raise ValueError with a one-line reason."""
+    """Compile ``expr`` into a predicate on records; raise FilterError (a ValueError) with a one-line reason."""
     try:
         terms = shlex.split(expr or "")
     except ValueError as exc:
-        raise ValueError(f"bad filter {expr!r}: {exc}") from None
+        raise FilterError(f"bad filter {expr!r}: {exc}") from None
     checks: list[tuple[Callable[[Record], list[str]], Callable[[Iterable[str]], bool], bool]] = []
     for term in terms:
         m = _TERM.match(term)
         if m is None:
-            raise ValueError(f"bad filter term {term!r}: expected key=value or key!=value")
+            raise FilterError(f"bad filter term {term!r}: expected key=value or key!=value")
         key, op, value = m.group(1), m.group(2), m.group(3)
         if key not in _EXTRACTORS:
-            raise ValueError(f"unknown filter key {key!r} (known: {', '.join(KEYS)})")
+            raise FilterError(f"unknown filter key {key!r} (known: {', '.join(KEYS)})")
         checks.append((_EXTRACTORS[key], _value_matcher(key, value), op == "!="))
 
     def matches(rec: Record) -> bool:

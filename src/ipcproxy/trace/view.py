@@ -44,6 +44,7 @@ _STYLES = {
     "dim": "\x1b[2m",
 }
 _RESET = "\x1b[0m"
+_VERDICT_KEYS = ("error_name", "delay_ms", "copies", "hold_for", "side")
 
 
 def endpoint_label(ep: dict[str, Any] | None) -> str:
@@ -105,10 +106,14 @@ def _verdict_text(verdict: Any) -> str | None:
     if isinstance(verdict, str):
         return verdict
     if isinstance(verdict, dict):
+        # the action and what caused it; the interceptors' own notes are in --json
         words = [str(verdict.get("action", "?"))]
-        for key, value in verdict.items():
-            if key != "action":
-                words.append(f"{key}={_value(value) if not isinstance(value, str) else value}")
+        if verdict.get("reason"):
+            words[0] += ":"
+            words.append(str(verdict["reason"]))
+        for key in _VERDICT_KEYS:
+            if verdict.get(key) is not None:
+                words.append(f"{key}={verdict[key]}")
         return " ".join(words)
     return str(verdict)
 
