@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import (
     HOSTNAMED,
     IPCPROXY,
@@ -24,7 +25,6 @@ from conftest import (
     read_trace,
     wait_for,
 )
-
 from ipcproxy.cli import main
 from ipcproxy.dbus.launcher import PrivateBus
 from ipcproxy.trace.filters import parse_filter
