@@ -39,6 +39,16 @@ INJECTED_SERIAL_BASE = 0xF0000000
 DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
 
+_U32 = {ord("l"): struct.Struct("<I").unpack_from, ord("B"): struct.Struct(">I").unpack_from}
+FLUSH_BYTES = 256 * 1024  # write the trace once this much is encoded ...
+FLUSH_DELAY = 0.02  # ... or this many seconds after the first unwritten record
+
+
+def _as_message(call: Message | bytes) -> Message:
+    """A pending call as a Message (calls that took the fast path are kept as their bytes)."""
+    return call if isinstance(call, Message) else wire.parse_message(call)
+
+
 def _close_fds(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
@@ -145,6 +155,24 @@ class Conn:
         if self._out_bytes > HIGH_WATER and self.peer is not None and self.peer.reading:
             self.peer.pause_reading()
             self._peer_paused = True
+
+    def write_chunks(self, chunks: list[bytes]) -> None:
+        """Write consecutive frames with one sendmsg, without joining them first."""
+        if len(chunks) == 1:
+            self.write(chunks[0])
+            return
+        if self.closed or self._out or len(chunks) > 512:
+            self.write(b"".join(chunks))
+            return
+        try:
+            sent = self.sock.sendmsg(chunks)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(f"write failed: {exc.strerror}")
+            return
+        if sent < sum(map(len, chunks)):
+            self.write(b"".join(chunks)[sent:])
 
     def _send(self, data: bytes | bytearray | memoryview, fds: list[int]) -> int:
         if fds:
@@ -269,8 +297,9 @@ class Session:
         self.bus_parser = wire.FrameParser()
         self.unique_name: str | None = None
         self.hello_serial: int | None = None
-        self.pending_out: dict[int, tuple[int, Message]] = {}  # our client's calls awaiting replies
-        self.pending_in: dict[tuple[str | None, int], tuple[int, Message]] = {}  # calls to our client
+        # calls awaiting replies: (when, the call, or its bytes when it took the fast path)
+        self.pending_out: dict[int, tuple[int, Message | bytes]] = {}  # our client's calls
+        self.pending_in: dict[tuple[str | None, int], tuple[int, Message | bytes]] = {}  # calls to our client
         self.held: dict[Direction, list[list[Any]]] = {Direction.TO_BUS: [], Direction.FROM_BUS: []}
         self.closed = False
         self.close_reason = ""
@@ -361,38 +390,76 @@ class Session:
     def _pump(self, parser: wire.FrameParser, direction: Direction) -> None:
         out = self.upstream if direction is Direction.TO_BUS else self.client
         assert out is not None
-        batch = bytearray()
+        batch: list[bytes] = []  # frames forwarded unchanged, in order, not yet written
         proxy = self.proxy
+        # Fast path: with no interceptors, a frame whose header was seen before is
+        # forwarded and queued for the recorder without building a Message.
+        heads = proxy.headers if not proxy.chain else None
+        record = proxy.recorder.frame
+        to_bus = direction is Direction.TO_BUS
+        direction_name = direction.value
+        pending_out = self.pending_out
+        pending_in = self.pending_in
+        monotonic_ns = time.monotonic_ns
         try:
-            for message in parser.frames():
+            for raw in parser.raw_frames():
                 if self.closed:
-                    _close_fds(message.fds)
+                    _close_fds(parser.message(raw).fds)
                     continue
+                head = heads.lookup(raw) if heads is not None else None
+                if head is not None and not head.driver:
+                    now = monotonic_ns()
+                    mtype = head.type
+                    latency = None
+                    if mtype is MessageType.METHOD_CALL:
+                        if not head.no_reply:
+                            serial = _U32[raw[0]](raw, 8)[0]
+                            if to_bus:
+                                pending_out[serial] = (now, raw)
+                            else:
+                                pending_in[(head.sender, serial)] = (now, raw)
+                    elif mtype is not MessageType.SIGNAL:
+                        reply_serial = _U32[raw[0]](raw, head.reply_at)[0]
+                        if to_bus:
+                            pending = pending_in.pop((head.destination, reply_serial), None)
+                        else:
+                            pending = pending_out.pop(reply_serial, None)
+                        if pending is not None:
+                            latency = now - pending[0]
+                    record(raw, head, direction_name, self.id, self.client_ep, latency, now)
+                    batch.append(raw)
+                    continue
+                message = parser.message(raw)
+                if heads is not None:
+                    heads.learn(message)
                 verdict = self._handle(message, direction)
                 if verdict is None:  # plain forward, the common case
                     if message.fds:
                         if batch:
-                            out.write(batch)
-                            batch = bytearray()
+                            out.write_chunks(batch)
+                            batch = []
                         out.write(message.raw, message.fds)
                     else:
-                        batch += message.raw
-                    self._count_held(direction, out, batch)
+                        batch.append(message.raw)
+                    if self.held[direction]:
+                        out.write_chunks(batch)
+                        batch = []
+                        self._count_held(direction, out, bytearray())
                 else:
                     if batch:
-                        out.write(batch)
-                        batch = bytearray()
+                        out.write_chunks(batch)
+                        batch = []
                     self._execute(message, direction, verdict)
         except wire.FrameError as exc:
             if batch:
-                out.write(batch)
-                batch = bytearray()
+                out.write_chunks(batch)
+                batch = []
             side = "client" if direction is Direction.TO_BUS else "bus"
             proxy.recorder.event("malformed", connection=self.id, side=side, reason=str(exc))
             _close_fds(parser.take_fds())
             self.close(f"malformed message from the {side}: {exc}")
         if batch:
-            out.write(batch)
+            out.write_chunks(batch)
         proxy.after_batch()
 
     def _handle(self, message: Message, direction: Direction) -> Verdict | None:
@@ -411,13 +478,13 @@ class Session:
                 pending = self.pending_in.pop((message.destination, message.reply_serial or 0), None)
                 if pending is not None:
                     latency = now - pending[0]
-                    call = pending[1]
+                    call = _as_message(pending[1])
         else:
             if mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
                 pending = self.pending_out.pop(message.reply_serial or 0, None)
                 if pending is not None:
                     latency = now - pending[0]
-                    call = pending[1]
+                    call = _as_message(pending[1])
                     if message.reply_serial == self.hello_serial and mtype is MessageType.METHOD_RETURN:
                         self._hello_answered(message)
                     elif call.member in CREDENTIAL_METHODS and message.sender == BUS_DRIVER_NAME:
@@ -651,6 +718,8 @@ class Proxy:
         self._next_id = 0
         self._listener: socket.socket | None = None
         self._flush_scheduled = False
+        self._write_timer: asyncio.TimerHandle | None = None
+        self.headers = wire.HeaderCache()  # the fast path's header facts, shared by all sessions
         self.on_idle: list[Callable[[], None]] = []
 
     @property
@@ -717,6 +786,24 @@ class Proxy:
             self.after_batch()
 
     def after_batch(self) -> None:
+        """Records of what was just forwarded are encoded once this loop iteration's reads are done."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._encode_records)
+
+    def _encode_records(self) -> None:
+        self._flush_scheduled = False
+        recorder = self.recorder
+        recorder.encode()
+        if recorder.buffered >= FLUSH_BYTES:
+            self._write_records()
+        elif self._write_timer is None:
+            self._write_timer = self.loop.call_later(FLUSH_DELAY, self._write_records)
+
+    def _write_records(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self.recorder.flush()
 
     def session_closed(self, session: Session, reason: str) -> None:
@@ -787,7 +874,7 @@ class Proxy:
                     os.unlink(addr.path)
         for session in list(self.sessions.values()):
             session.close("proxy stopping")
-        self.recorder.flush()
+        self._write_records()
 
 
 def _is_socket(path: str) -> bool:

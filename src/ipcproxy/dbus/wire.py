@@ -121,6 +121,35 @@ class FrameParser:
             if pos:
                 del buf[:pos]
 
+    def raw_frames(self) -> Iterator[bytes]:
+        """Yield the bytes of every complete frame, checking only its size (see ``message``)."""
+        buf = self._buf
+        pos = 0
+        size = len(buf)
+        max_size = self.max_size
+        try:
+            while size - pos >= FIXED_HEADER:
+                total = frame_size(buf[pos : pos + FIXED_HEADER])
+                if total > max_size:
+                    raise FrameError(f"message of {total} bytes exceeds the configured limit")
+                if size - pos < total:
+                    break
+                raw = bytes(buf[pos : pos + total])
+                pos += total
+                yield raw
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def message(self, raw: bytes) -> Message:
+        """Parse a frame from ``raw_frames`` fully, handing it the fds it announces, as ``frames`` does."""
+        message = parse_message(raw)
+        if message.unix_fds:
+            if message.unix_fds > len(self._fds):
+                raise FrameError(f"message announces {message.unix_fds} fds, {len(self._fds)} arrived")
+            message.fds = [self._fds.popleft() for _ in range(message.unix_fds)]
+        return message
+
     def take_fds(self) -> list[int]:
         """Hand back fds that no message claimed (to close them)."""
         fds = list(self._fds)
@@ -434,3 +463,153 @@ def jsonable(value: Any) -> Any:
     if t is dict:
         return {str(k) if not isinstance(k, str) else k: jsonable(v) for k, v in value.items()}
     return str(value)
+
+
+# ---------------------------------------------------------------- fast path
+#
+# Under load most frames repeat the header fields of an earlier one: the same
+# call to the same object, the same kind of reply to the same client; only the
+# serials differ. ``HeaderCache`` remembers, per distinct header, the facts the
+# strict ``parse_message`` established, so such a frame is handled without
+# building a Message. Only headers whose body can be checked without decoding
+# it (no body, or a single byte array) are remembered; every other frame, and
+# the first of each header, takes the strict path.
+
+BODY_NONE = 0
+BODY_BYTES = 1  # signature "ay"
+_REPLY_SERIAL_FIELD = b"\x05\x01u\x00"
+MAX_ARRAY_LENGTH = 1 << 26
+
+
+class Header:
+    """The facts shared by every frame with these header fields (all but the serials)."""
+
+    __slots__ = (
+        "type",
+        "flags",
+        "path",
+        "interface",
+        "member",
+        "error_name",
+        "destination",
+        "sender",
+        "signature",
+        "body",
+        "body_at",
+        "reply_at",
+        "no_reply",
+        "driver",
+        "shape",
+    )
+
+    def __init__(self, message: Message, body: int, body_at: int, reply_at: int) -> None:
+        self.type = message.type
+        self.flags = message.flags
+        self.path = message.path
+        self.interface = message.interface
+        self.member = message.member
+        self.error_name = message.error_name
+        self.destination = message.destination
+        self.sender = message.sender
+        self.signature = message.signature
+        self.body = body
+        self.body_at = body_at  # offset of the body in the frame
+        self.reply_at = reply_at  # offset of the REPLY_SERIAL value in the frame, or -1
+        self.no_reply = bool(message.flags & 1)
+        self.driver = BUS_DRIVER_NAME in (message.sender, message.destination)
+        self.shape: Any = None  # the recorder's pre-encoded record fragments
+
+
+def _reply_serial_at(raw: bytes) -> int:
+    """Offset of the REPLY_SERIAL field's value in a frame already parsed strictly, or -1."""
+    u32 = _U32[raw[0]]
+    end = FIXED_HEADER + u32.unpack_from(raw, 12)[0]
+    pos = FIXED_HEADER
+    while pos < end:
+        pos = _align(pos, 8)
+        if pos >= end:
+            break
+        code = raw[pos]
+        sig_len = raw[pos + 1]
+        sig = raw[pos + 2 : pos + 2 + sig_len]
+        pos += 3 + sig_len
+        if sig in (b"s", b"o"):
+            pos = _align(pos, 4)
+            pos += 5 + u32.unpack_from(raw, pos)[0]
+        elif sig == b"g":
+            pos += 2 + raw[pos]
+        elif len(sig) == 1 and chr(sig[0]) in _FIXED_SIZES:
+            width = _FIXED_SIZES[chr(sig[0])]
+            pos = _align(pos, width)
+            if code == REPLY_SERIAL:
+                return pos
+            pos += width
+        else:
+            return -2  # a variant we do not walk: not cacheable
+    return -1
+
+
+class HeaderCache:
+    """Header facts by header bytes (the REPLY_SERIAL value masked out)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._heads: dict[bytes, Header] = {}
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def lookup(self, raw: bytes) -> Header | None:
+        """The facts for a frame (from ``FrameParser.raw_frames``), or None: parse it strictly."""
+        u32 = _U32[raw[0]]
+        end = FIXED_HEADER + u32.unpack_from(raw, 12)[0]
+        at = raw.find(_REPLY_SERIAL_FIELD, FIXED_HEADER, end)
+        if at >= 0:
+            at += 4
+            head = self._heads.get(raw[:4] + raw[FIXED_HEADER:at] + raw[at + 4 : end])
+            if head is None or head.reply_at != at or not u32.unpack_from(raw, at)[0]:
+                return None
+        else:
+            head = self._heads.get(raw[:4] + raw[FIXED_HEADER:end])
+            if head is None or head.reply_at != -1:
+                return None
+        if not u32.unpack_from(raw, 8)[0]:
+            return None  # serial 0: let the strict parser reject it
+        body_len = len(raw) - head.body_at
+        if head.body == BODY_BYTES:
+            if body_len < 4:
+                return None
+            length = u32.unpack_from(raw, head.body_at)[0]
+            if length + 4 != body_len or length > MAX_ARRAY_LENGTH:
+                return None
+        elif body_len:
+            return None
+        return head
+
+    def learn(self, message: Message) -> Header | None:
+        """Remember the header of a frame that ``parse_message`` accepted, if it can be checked cheaply."""
+        raw = message.raw
+        if message.unix_fds or message.signature not in ("", "ay") or message.transport != "dbus":
+            return None
+        u32 = _U32[raw[0]]
+        fields_len = u32.unpack_from(raw, 12)[0]
+        end = FIXED_HEADER + fields_len
+        reply_at = _reply_serial_at(raw)
+        if reply_at == -2:
+            return None
+        at = raw.find(_REPLY_SERIAL_FIELD, FIXED_HEADER, end)
+        if at >= 0:
+            if at + 4 != reply_at:
+                return None  # the field's bytes also occur inside a string: leave it to the strict path
+            key = raw[:4] + raw[FIXED_HEADER:reply_at] + raw[reply_at + 4 : end]
+        elif reply_at != -1:
+            return None
+        else:
+            key = raw[:4] + raw[FIXED_HEADER:end]
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= self.limit:
+                self._heads.clear()
+            body = BODY_BYTES if message.signature == "ay" else BODY_NONE
+            head = self._heads[key] = Header(message, body, end + (-fields_len & 7), reply_at)
+        return head

@@ -1,23 +1,32 @@
 """The recorder: numbers what the proxy handled, and writes it out in order after forwarding.
 
-The proxy calls ``message``/``event`` as it handles traffic (cheap: it only
-queues) and ``flush`` once a batch has been forwarded; decoding arguments,
-resolving endpoints and encoding happen there, off the forwarding path.
+The proxy calls ``message``/``frame``/``event`` as it handles traffic (cheap:
+it only queues) and ``encode``/``flush`` once a batch has been forwarded;
+decoding arguments, resolving endpoints and encoding happen there, off the
+forwarding path. When every sink is a JSON Lines writer and nobody watches
+live, records go straight to JSON lines from pre-encoded fragments
+(``records.LineEncoder``); otherwise each record is built as a dict first.
 """
 
 from __future__ import annotations
 
+import binascii
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..chain import Resolver
+from ..dbus import wire
 from ..dbus.wire import jsonable
 from ..model import Endpoint, Message, Verdict
 from . import records
-from .writer import Sink
+from .writer import JsonlWriter, Sink
 
 LiveView = Callable[[dict[str, Any]], None]
+
+_SERIAL = {ord("l"): struct.Struct("<I").unpack_from, ord("B"): struct.Struct(">I").unpack_from}
+_BIG_ARGS = 16384  # encoded arguments this long are written as a chunk of their own, not copied into the line
 
 
 class Recorder:
@@ -35,11 +44,17 @@ class Recorder:
         self.seq = 0
         self.written = 0
         self._pending: list[tuple[Any, ...]] = []
-        self._epoch = time.time() - time.monotonic_ns() / 1e9
+        self._epoch_ns = time.time_ns() - time.monotonic_ns()
+        self._lines = records.LineEncoder(self._epoch_ns)
 
     @property
     def active(self) -> bool:
         return bool(self.sinks) or self.live is not None
+
+    @property
+    def buffered(self) -> int:
+        """Encoded bytes waiting in the sinks for the next ``flush``."""
+        return sum(getattr(sink, "buffered", 0) for sink in self.sinks)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -75,6 +90,22 @@ class Recorder:
             )
         return seq
 
+    def frame(
+        self,
+        raw: bytes,
+        head: wire.Header,
+        direction: str,
+        connection: int | None,
+        client: Endpoint | None,
+        latency_ns: int | None,
+        ts_ns: int,
+    ) -> int:
+        """A forwarded, unmodified frame known by its cached header (the proxy's fast path)."""
+        self.seq = seq = self.seq + 1
+        if self.sinks or self.live is not None:
+            self._pending.append((seq, ts_ns, raw, head, direction, connection, client, latency_ns))
+        return seq
+
     def event(self, event: str, **fields: Any) -> int:
         seq = self.next_seq()
         if self.active:
@@ -87,17 +118,150 @@ class Recorder:
         return self.resolve(name)
 
     def flush(self) -> None:
+        """Encode what is pending and write it out."""
+        self.encode()
+        for sink in self.sinks:
+            sink.flush()
+
+    def encode(self) -> None:
+        """Turn pending records into encoded bytes held by the sinks (written by ``flush``)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        epoch = self._epoch
+        if self.live is None and self.sinks and all(type(sink) is JsonlWriter for sink in self.sinks):
+            self._encode_lines(pending)
+        else:
+            self._encode_records(pending)
+
+    # -- every sink writes JSON lines: encode from fragments
+    def _encode_lines(self, pending: list[tuple[Any, ...]]) -> None:
+        lines = self._lines
+        endpoint = lines.endpoint
+        resolve = self.resolve
+        decode = self.decode_args
+        writers: list[Any] = self.sinks
+        out = writers[0].write_bytes if len(writers) == 1 else None
+        chunks: list[bytes] = []
+        add = chunks.append
+        hexlify = binascii.hexlify
         for item in pending:
-            if len(item) == 4:
+            n = len(item)
+            if n == 8:  # a frame of the fast path
+                seq, ts, raw, head, direction, conn, client, latency = item
+                shape = head.shape
+                if shape is None or (conn is None) != (shape[1] is None):
+                    shape = head.shape = (
+                        lines.shape(
+                            "dbus",
+                            int(head.type),
+                            head.path,
+                            head.interface,
+                            head.member,
+                            head.error_name,
+                            head.destination,
+                            head.signature,
+                            0,
+                            head.flags,
+                            head.reply_at >= 0,
+                            conn is not None,
+                        ),
+                        conn,
+                    )
+                fmt = shape[0]
+                name = head.sender
+                sender = client if name is None and direction == "to_bus" and client is not None else resolve(name)
+                name = head.destination
+                dest = client if name is None and direction == "from_bus" and client is not None else resolve(name)
+                unpack = _SERIAL[raw[0]]
+                values: tuple[Any, ...]
+                if head.reply_at >= 0:
+                    values = (
+                        seq,
+                        ts,
+                        lines.time(ts),
+                        unpack(raw, 8)[0],
+                        unpack(raw, head.reply_at)[0],
+                        endpoint(sender),
+                        endpoint(dest),
+                    )
+                else:
+                    values = (seq, ts, lines.time(ts), unpack(raw, 8)[0], endpoint(sender), endpoint(dest))
+                tail_values: tuple[Any, ...] = (
+                    len(raw),
+                    b'"forwarded"',
+                    b'"to_bus"' if direction == "to_bus" else lines.string(direction),
+                )
+                if conn is not None:
+                    tail_values += (conn,)
+                tail_values += (b"" if latency is None else b',"latency_ns":%d' % latency,)
+                if decode and head.body == wire.BODY_BYTES:
+                    hexed = hexlify(memoryview(raw)[head.body_at + 4 :])
+                    if len(hexed) > _BIG_ARGS:
+                        add(fmt.head_fmt % values + b'["')
+                        add(hexed)
+                        add(b'"]' + fmt.tail_fmt % tail_values)
+                    else:
+                        add(fmt.head_fmt % values + b'["' + hexed + b'"]' + fmt.tail_fmt % tail_values)
+                else:
+                    add(fmt.head_fmt % values + b"[]" + fmt.tail_fmt % tail_values)
+            elif n == 4:
                 seq, ts, event, fields = item
-                record = records.event_record(seq=seq, ts_ns=ts, wall=epoch + ts / 1e9, event=event, **fields)
-                message = None
+                record = records.event_record(seq=seq, ts_ns=ts, time=lines.wall(ts), event=event, **fields)
+                add(records._encode(record) + b"\n")
             else:
                 seq, ts, message, direction, verdict, conn, client, latency, sender, destination = item
+                args = b"[]"
+                args_error = None
+                if decode and message.signature:
+                    try:
+                        args = records._encode(jsonable(message.args))
+                    except Exception as exc:  # noqa: BLE001 - a bad body is recorded, not fatal
+                        args_error = str(exc)
+                if sender is None:
+                    sender = self._endpoint_for(message.sender, client, direction == "to_bus")
+                if destination is None:
+                    destination = self._endpoint_for(message.destination, client, direction == "from_bus")
+                fmt = lines.shape_of(message, conn is not None)
+                values = (seq, ts, lines.time(ts), message.serial)
+                if message.reply_serial is not None:
+                    values += (message.reply_serial,)
+                values += (endpoint(sender), endpoint(destination))
+                tail_values = (len(message.raw), lines.verdict(verdict), lines.string(direction))
+                if conn is not None:
+                    tail_values += (conn,)
+                tail_values += (lines.tail(latency, args_error),)
+                if len(args) > _BIG_ARGS:
+                    add(fmt.head_fmt % values)
+                    add(args)
+                    add(fmt.tail_fmt % tail_values)
+                else:
+                    add(fmt.head_fmt % values + args + fmt.tail_fmt % tail_values)
+        self.written += len(pending)
+        if out is not None:
+            for chunk in chunks:
+                out(chunk)
+        else:
+            for writer in writers:
+                for chunk in chunks:
+                    writer.write_bytes(chunk)
+
+    # -- some sink wants record dicts (pcap, a live view)
+    def _encode_records(self, pending: list[tuple[Any, ...]]) -> None:
+        wall = self._lines.wall
+        for item in pending:
+            n = len(item)
+            if n == 4:
+                seq, ts, event, fields = item
+                record = records.event_record(seq=seq, ts_ns=ts, time=wall(ts), event=event, **fields)
+                message = None
+            else:
+                if n == 8:
+                    seq, ts, raw, _head, direction, conn, client, latency = item
+                    message = wire.parse_message(raw)
+                    verdict: Verdict | str | dict[str, Any] = "forwarded"
+                    sender = destination = None
+                else:
+                    seq, ts, message, direction, verdict, conn, client, latency, sender, destination = item
                 args: list[Any] | None = None
                 args_error = None
                 if self.decode_args and message.signature:
@@ -112,7 +276,7 @@ class Recorder:
                 record = records.message_record(
                     seq=seq,
                     ts_ns=ts,
-                    wall=epoch + ts / 1e9,
+                    time=wall(ts),
                     message=message,
                     sender=sender,
                     destination=destination,
@@ -128,8 +292,6 @@ class Recorder:
             if self.live is not None:
                 self.live(record)
             self.written += 1
-        for sink in self.sinks:
-            sink.flush()
 
     def close(self) -> None:
         self.flush()
