@@ -431,8 +431,12 @@ def body_from_json(signature: str, args: list[Any]) -> list[Any]:
     return [to_dbus(t, v) for t, v in zip(types, args, strict=True)]
 
 
-def record_to_bytes(rec: dict[str, Any]) -> tuple[bytes, bool]:
-    """Marshal a message record again; the flag says whether its body had to be left out."""
+def record_to_bytes(rec: dict[str, Any], sender: str | None = None) -> tuple[bytes, bool]:
+    """Marshal a message record again; the flag says whether its body had to be left out.
+
+    ``sender`` stands in for a sender the record does not name (a client's
+    messages sent before the reply to its Hello told it its unique name).
+    """
     mtype = MessageType.from_name(str(rec.get("type")))
     if mtype is MessageType.DATA:
         raise MarshalError("stream data has no D-Bus form")
@@ -444,7 +448,7 @@ def record_to_bytes(rec: dict[str, Any]) -> tuple[bytes, bool]:
         signature, body, bodyless = "", [], True
     else:
         body = body_from_json(signature, list(args or []))
-    sender = (rec.get("sender") or {}).get("bus_name")
+    sender = (rec.get("sender") or {}).get("bus_name") or sender
     try:
         fast = FastMessage(
             destination=rec.get("destination_name"),
@@ -601,9 +605,28 @@ class ConvertReport:
     copies: int = 0
 
 
+def connection_names(recs: Iterable[dict[str, Any]]) -> dict[int, str]:
+    """The unique name of each proxied connection, as later records of the trace reveal it."""
+    names: dict[int, str] = {}
+    for rec in recs:
+        conn = rec.get("connection")
+        if not isinstance(conn, int) or conn in names:
+            continue
+        side = {"to_bus": "sender", "from_bus": "destination"}.get(str(rec.get("direction")))
+        name = (rec.get(side) or {}).get("bus_name") if side else None
+        if isinstance(name, str) and name.startswith(":"):
+            names[conn] = name
+    return names
+
+
 def records_to_capture(
-    recs: Iterable[dict[str, Any]], out: PcapFile | PcapngFile, warn: Warn = _stderr_warn
+    recs: Iterable[dict[str, Any]],
+    out: PcapFile | PcapngFile,
+    warn: Warn = _stderr_warn,
+    names: Mapping[int, str] | None = None,
 ) -> ConvertReport:
+    """Write each message once; ``names`` (from ``connection_names``) fills in senders a record lacks."""
+    names = names or {}
     report = ConvertReport()
     deliveries = Deliveries()
     offset: int | None = None
@@ -614,7 +637,8 @@ def records_to_capture(
             report.copies += 1
             continue
         try:
-            raw, bodyless = record_to_bytes(rec)
+            fallback = names.get(rec["connection"]) if rec.get("direction") == "to_bus" else None
+            raw, bodyless = record_to_bytes(rec, fallback)
         except (MarshalError, ValueError) as exc:
             report.skipped += 1
             warn(f"record {rec.get('seq')}: cannot marshal it again ({exc}); skipped")
@@ -670,7 +694,8 @@ def convert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         box: list[ConvertReport] = []
 
         def fill_capture(stream: IO[bytes]) -> None:
-            box.append(records_to_capture(iter_trace(src), capture_file(dst, stream)))
+            names = connection_names(iter_trace(src, warn=lambda _: None))
+            box.append(records_to_capture(iter_trace(src), capture_file(dst, stream), names=names))
 
         _write_atomically(dst, fill_capture)
         r = box[0]

@@ -108,5 +108,7 @@ class PcapWriter:
 def open_sink(path: str, header: dict[str, Any] | None = None) -> Sink:
     """Pick the sink from the file name: ``.pcap``/``.pcapng`` write pcap, anything else the trace."""
     if path.endswith((".pcap", ".pcapng")):
-        return PcapWriter(path)
+        from .pcap import CaptureSink  # real pcapng for .pcapng; each message once, with its sender
+
+        return CaptureSink(path)
     return JsonlWriter(path, header)
