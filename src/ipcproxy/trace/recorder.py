@@ -128,7 +128,7 @@ class Recorder:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        if self.live is None and self.sinks and all(type(sink) is JsonlWriter for sink in self.sinks):
+        if self.live is None and self.sinks and all(_takes_lines(sink) for sink in self.sinks):
             self._encode_lines(pending)
         else:
             self._encode_records(pending)
@@ -298,3 +298,8 @@ class Recorder:
         for sink in self.sinks:
             sink.close()
         self.sinks = []
+
+
+def _takes_lines(sink: Sink) -> bool:
+    """A JSON Lines sink that accepts pre-encoded lines (``write_bytes``), e.g. the monitor's threaded one."""
+    return type(sink) is JsonlWriter or getattr(sink, "takes_lines", False) is True

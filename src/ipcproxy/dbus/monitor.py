@@ -1,0 +1,615 @@
+"""`ipcproxy monitor`: passive capture through BecomeMonitor, into the same trace format.
+
+A monitor only reads, and a bus under load pushes hundreds of MB/s at it
+(`dbus-monitor` falls minutes behind with 64 KiB messages), so this module
+drives a plain non-blocking socket itself: our sans-IO SASL, two synchronous
+calls (Hello, BecomeMonitor) while the connection can still talk, then large
+reads into FrameParser and as little work per message as possible; records
+are written in batches. A monitor connection cannot send, so endpoints come
+from a Resolver on a second, ordinary connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import errno
+import mmap
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..cli import ExitStatus, UsageError
+from ..model import BUS_DRIVER_NAME, Message, MessageType
+from ..trace import records
+from ..trace.recorder import Recorder
+from ..trace.writer import Sink, open_sink
+from . import wire
+from .address import AddressError, parse, session_bus_address, system_bus_address
+from .auth import AuthError, ClientAuth
+from .bus import DRIVER_INTERFACE, DRIVER_PATH, Directory
+from .resolver import Resolver
+
+READ_SIZE = 4 * 1024 * 1024  # one recv can take everything the kernel holds for us
+READS_PER_WAKEUP = 16  # then yield to the loop, so the resolver and signals get a turn
+FLUSH_BYTES = 4 * 1024 * 1024  # write the trace at least this often under load...
+FLUSH_INTERVAL = 0.05  # ...and within this many seconds when traffic is light
+MAX_PENDING_CALLS = 1 << 16  # calls remembered for reply latency; the oldest are forgotten
+ANCILLARY = socket.CMSG_SPACE(wire.MAX_UNIX_FDS * 4)
+MONITORING_INTERFACE = "org.freedesktop.DBus.Monitoring"
+_U32 = {ord("l"): struct.Struct("<I").unpack_from, ord("B"): struct.Struct(">I").unpack_from}
+# errors meaning "this bus will not make you a monitor": fall back to eavesdropping
+REFUSALS = frozenset(
+    {
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.UnknownMethod",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+        "org.freedesktop.DBus.Error.NotSupported",
+    }
+)
+ALL_TYPES = ("type='signal'", "type='method_call'", "type='method_return'", "type='error'")
+
+
+class SetupError(Exception):
+    """The monitor connection could not be set up (bus unreachable or refusing)."""
+
+
+@dataclass
+class Link:
+    """A connected, authenticated bus connection driven synchronously until it turns passive."""
+
+    sock: socket.socket
+    unix_fds: bool
+    parser: wire.FrameParser = field(default_factory=wire.FrameParser)
+    unique_name: str = ""
+    serial: int = 0
+    early: list[Message] = field(default_factory=list)  # traffic that arrived while we waited for a reply
+
+    def call(self, interface: str, member: str, signature: str = "", body: list[object] | None = None) -> Message:
+        """Call the bus driver and wait for its reply (the socket is blocking, with a timeout)."""
+        self.serial += 1
+        call = wire.build(
+            MessageType.METHOD_CALL,
+            serial=self.serial,
+            destination=BUS_DRIVER_NAME,
+            path=DRIVER_PATH,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body or []),
+        )
+        self.sock.sendall(call.raw)
+        while True:
+            for message in self.parser.frames():
+                if message.reply_serial == self.serial and message.type in (
+                    MessageType.METHOD_RETURN,
+                    MessageType.ERROR,
+                ):
+                    return message
+                self.early.append(message)
+            self._receive()
+
+    def _receive(self) -> None:
+        data, fds = receive(self.sock, bytearray(65536), self.unix_fds)
+        if not data:
+            raise SetupError("the bus closed the connection")
+        self.parser.feed(data, fds)
+
+
+def receive(sock: socket.socket, buf: bytearray | memoryview, unix_fds: bool) -> tuple[memoryview, list[int]]:
+    """One read; with fd passing on, also collect the fds that came with it."""
+    view = memoryview(buf)
+    if not unix_fds:
+        return view[: sock.recv_into(view)], []
+    n, ancdata, flags, _ = sock.recvmsg_into([view], ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    if flags & socket.MSG_CTRUNC:
+        close_fds(fds)
+        raise SetupError("too many file descriptors in one read (control data truncated)")
+    return view[:n], fds
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def connect(address_text: str, timeout: float = 10.0) -> Link:
+    """Connect, authenticate (EXTERNAL, fd passing) and say Hello."""
+    last: Exception | None = None
+    for address in parse(address_text):
+        sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address.sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        try:
+            return _handshake(sock, address.family == socket.AF_UNIX)
+        except (OSError, AuthError, SetupError, wire.FrameError) as exc:
+            sock.close()
+            last = exc
+    detail = getattr(last, "strerror", None) or str(last)
+    raise SetupError(f"cannot connect to the bus at {address_text}: {detail}")
+
+
+def _handshake(sock: socket.socket, unix: bool) -> Link:
+    auth = ClientAuth(os.geteuid(), unix_fd=unix)
+    sock.sendall(auth.start())
+    while not auth.done:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise SetupError("the bus closed the connection during authentication")
+        auth.feed(chunk)
+    link = Link(sock, auth.unix_fd)
+    link.parser.feed(auth.leftover)
+    reply = link.call(DRIVER_INTERFACE, "Hello")
+    if reply.type is not MessageType.METHOD_RETURN:
+        raise SetupError(f"Hello failed: {reply.error_name}")
+    link.unique_name = str(reply.args[0])
+    link.early.clear()  # NameAcquired and the like, addressed to us
+    return link
+
+
+def become_monitor(link: Link, rules: list[str]) -> str | None:
+    """Turn the connection into a monitor; fall back to eavesdropping match rules if refused.
+
+    Returns None for a real monitor, or the reason BecomeMonitor was refused.
+    """
+    reply = link.call(MONITORING_INTERFACE, "BecomeMonitor", "asu", [list(rules), 0])
+    if reply.type is MessageType.METHOD_RETURN:
+        return None
+    refusal = f"{reply.error_name}: {_error_text(reply)}"
+    if reply.error_name not in REFUSALS:
+        raise UsageError(f"monitor: the bus rejected the match rules ({refusal})")
+    for rule in rules or list(ALL_TYPES):
+        text = rule if "eavesdrop=" in rule else f"eavesdrop=true,{rule}" if rule else "eavesdrop=true"
+        answer = link.call(DRIVER_INTERFACE, "AddMatch", "s", [text])
+        if answer.type is not MessageType.METHOD_RETURN:
+            raise SetupError(
+                f"the bus refused BecomeMonitor ({refusal}) and eavesdropping ({answer.error_name}: {_error_text(answer)})"
+            )
+    return refusal
+
+
+def _error_text(message: Message) -> str:
+    try:
+        return str(message.args[0]) if message.args else ""
+    except wire.FrameError:
+        return ""
+
+
+class Monitor:
+    """Reads the monitor connection in large chunks and records every message, in order."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, link: Link, recorder: Recorder, directory: Directory, ignore: set[str]
+    ) -> None:
+        self.loop = loop
+        self.link = link
+        self.sock = link.sock
+        self.recorder = recorder
+        self.directory = directory
+        self.ignore = ignore  # our own connections: their traffic is not the user's
+        self.done = asyncio.Event()
+        self.failure: str | None = None
+        self.messages = 0
+        self._buf = bytearray(READ_SIZE)
+        self._calls: dict[tuple[str | None, int], int] = {}  # (caller, serial) -> when the call passed
+        self.heads = wire.HeaderCache()
+        self._unflushed = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._reading = False
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        for message in self.link.early:
+            self._record(message, time.monotonic_ns())
+        self.link.early.clear()
+        self._pump()
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._reading = True
+
+    def _readable(self) -> None:
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, fds = receive(self.sock, self._buf, self.link.unix_fds)
+            except (BlockingIOError, InterruptedError):
+                break
+            except (OSError, SetupError) as exc:
+                self._finish(f"reading from the bus failed: {getattr(exc, 'strerror', None) or exc}")
+                return
+            if not data:
+                self._finish("the bus went away")
+                return
+            self.link.parser.feed(data, fds)
+            self._unflushed += len(data)
+            if not self._pump():
+                return
+            if self._unflushed >= FLUSH_BYTES:
+                self.flush()
+        if self._unflushed and self._flush_timer is None:
+            self._flush_timer = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def _pump(self) -> bool:
+        """Record every complete frame; frames with a header seen before skip building a Message."""
+        parser = self.link.parser
+        heads = self.heads
+        ignore = self.ignore
+        calls = self._calls
+        frame = self.recorder.frame
+        monotonic_ns = time.monotonic_ns
+        try:
+            for raw in parser.raw_frames():
+                now = monotonic_ns()
+                head = heads.lookup(raw)
+                if head is None or head.driver:
+                    message = parser.message(raw)
+                    heads.learn(message)
+                    self._record(message, now)
+                    continue
+                if head.sender in ignore or head.destination in ignore:
+                    continue
+                mtype = head.type
+                latency = None
+                if mtype is MessageType.METHOD_CALL:
+                    if not head.no_reply:
+                        if len(calls) >= MAX_PENDING_CALLS:
+                            del calls[next(iter(calls))]
+                        calls[(head.sender, _U32[raw[0]](raw, 8)[0])] = now
+                elif mtype is not MessageType.SIGNAL:
+                    sent = calls.pop((head.destination, _U32[raw[0]](raw, head.reply_at)[0]), None)
+                    if sent is not None:
+                        latency = now - sent
+                self.messages += 1
+                frame(raw, head, "observed", None, None, latency, now)
+        except wire.FrameError as exc:
+            self._finish(f"malformed message from the bus: {exc}")
+            return False
+        return True
+
+    def _record(self, message: Message, now: int) -> None:
+        if message.fds:
+            close_fds(message.fds)
+            message.fds = []
+        sender = message.sender
+        destination = message.destination
+        if sender in self.ignore or destination in self.ignore:
+            return
+        mtype = message.type
+        latency = None
+        if mtype is MessageType.METHOD_CALL:
+            if not message.flags & 1:
+                calls = self._calls
+                if len(calls) >= MAX_PENDING_CALLS:
+                    del calls[next(iter(calls))]
+                calls[(sender, message.serial)] = now
+        elif mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
+            sent = self._calls.pop((destination, message.reply_serial or 0), None)
+            if sent is not None:
+                latency = now - sent
+        elif message.member == "NameOwnerChanged" and sender == BUS_DRIVER_NAME:
+            self.directory.observe(message)  # in stream order, so names are right at each message
+        self.messages += 1
+        self.recorder.message(message, "observed", "forwarded", None, None, latency, now)
+
+    def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._unflushed = 0
+        self.recorder.flush()
+
+    def drain(self) -> None:
+        """Take what the kernel already holds for us, without waiting for more (on a clean stop)."""
+        if not self._reading:
+            return
+        self._stop_reading()
+        while True:
+            try:
+                data, fds = receive(self.sock, self._buf, self.link.unix_fds)
+            except (OSError, SetupError):
+                break
+            if not data:
+                break
+            self.link.parser.feed(data, fds)
+            if not self._pump():
+                break
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _finish(self, failure: str | None) -> None:
+        self._stop_reading()
+        if failure and self.failure is None:
+            self.failure = failure
+        self.done.set()
+
+    def close(self) -> None:
+        self._stop_reading()
+        self.flush()
+        close_fds(self.link.parser.take_fds())
+        self.sock.close()
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc from handing large freed buffers back to the kernel.
+
+    At 64 KiB per message the trace's write buffer grows and empties many
+    times a second; with glibc's defaults every batch lands in freshly mapped
+    pages, and the page faults cost more than encoding (measured: 180 vs 36 us
+    per message for the JSON encoding alone). Keeping freed memory for reuse
+    bounds the process at its peak batch size instead.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: its maximum; batches come from the heap
+        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD: keep freed heap for the next batch
+    except (OSError, AttributeError):  # not glibc: only slower
+        pass
+
+
+class BackgroundTrace:
+    """The JSON Lines trace, written by a thread of its own, bypassing the page cache when it can.
+
+    At 64 KiB per message, copying the trace into the page cache was the
+    largest single cost of the monitor (a quarter of its CPU, on cold memory),
+    and a trace is written once and read later. So whole 4 KiB blocks go out
+    with O_DIRECT from an aligned staging buffer, on a thread (the write
+    releases the GIL, encoding the next batch goes on); the unaligned tail is
+    also written through the page cache whenever the writer catches up, so a
+    reader following the file sees every record. Where O_DIRECT is refused
+    (tmpfs, some file systems) it writes normally. At most ``depth`` batches
+    wait; then ``flush`` blocks: back-pressure, never a dropped record.
+    """
+
+    STAGE = 8 * 1024 * 1024
+    ALIGN = 4096
+
+    def __init__(self, path: str, header: dict[str, Any], depth: int = 4) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            self._direct = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError:
+            self._direct = -1
+        self._stage = mmap.mmap(-1, self.STAGE)  # page-aligned, as O_DIRECT requires
+        self._staged = 0  # bytes in the stage, starting at file offset _offset
+        self._offset = 0
+        self._encoder = msgspec.json.Encoder()
+        self._chunks: list[bytes] = [self._encoder.encode(header) + b"\n"]
+        self.buffered = 0  # bytes waiting for the next flush (the recorder asks)
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=depth)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="trace-writer", daemon=True)
+        self._thread.start()
+        self.flush()
+
+    takes_lines = True  # the recorder may hand us pre-encoded lines (write_bytes)
+
+    def write(self, record: dict[str, Any], message: Message | None = None) -> None:
+        self.write_bytes(self._encoder.encode(record) + b"\n")
+
+    def write_bytes(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.buffered += len(data)
+
+    def flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._chunks:
+            self._queue.put(self._chunks)
+            self._chunks = []
+            self.buffered = 0
+
+    def _run(self) -> None:
+        while (chunks := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(chunks, expose_tail=self._queue.empty())
+                except OSError as exc:
+                    self._error = exc
+
+    def _write(self, chunks: list[bytes], expose_tail: bool) -> None:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = min(self.STAGE - self._staged, len(view))
+                self._stage[self._staged : self._staged + n] = view[:n]
+                self._staged += n
+                view = view[n:]
+                if self._staged == self.STAGE:
+                    self._write_blocks()
+        self._write_blocks()
+        if expose_tail and self._staged:
+            _pwrite_all(self._fd, memoryview(self._stage)[: self._staged], self._offset)
+
+    def _write_blocks(self) -> None:
+        """Write the stage's whole blocks; keep the unaligned tail at its front."""
+        aligned = self._staged if self._direct < 0 else self._staged & ~(self.ALIGN - 1)
+        if not aligned:
+            return
+        try:
+            _pwrite_all(self._fd if self._direct < 0 else self._direct, memoryview(self._stage)[:aligned], self._offset)
+        except OSError as exc:
+            if self._direct < 0 or exc.errno != errno.EINVAL:
+                raise
+            os.close(self._direct)  # accepted at open, refused at write: write normally from now on
+            self._direct = -1
+            self._write_blocks()
+            return
+        tail = self._staged - aligned
+        self._stage[:tail] = self._stage[aligned : self._staged]
+        self._staged = tail
+        self._offset += aligned
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+            try:
+                if self._error is None and self._staged:
+                    _pwrite_all(self._fd, memoryview(self._stage)[: self._staged], self._offset)
+                    os.ftruncate(self._fd, self._offset + self._staged)
+            finally:
+                if self._direct >= 0:
+                    os.close(self._direct)
+                os.close(self._fd)
+                self._fd = -1
+                self._stage.close()
+        if self._error is not None:
+            raise self._error
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    with view:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+
+
+def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
+    from ..serve import live_printer
+
+    sinks: list[Sink] = []
+    if args.write:
+        head = records.header(**header)
+        try:
+            sinks.append(
+                open_sink(args.write, head)
+                if args.write.endswith((".pcap", ".pcapng"))
+                else BackgroundTrace(args.write, head)
+            )
+        except OSError as exc:
+            raise UsageError(f"cannot write trace {args.write}: {exc.strerror}") from None
+    return Recorder(sinks, directory.endpoint, live_printer(args), decode_args=not args.no_args)
+
+
+def bus_address(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    if args.address:
+        return str(args.address)
+    if args.system:
+        return env.get("DBUS_SYSTEM_BUS_ADDRESS") or system_bus_address()
+    return env.get("DBUS_SESSION_BUS_ADDRESS") or session_bus_address()
+
+
+def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from ..serve import _new_loop
+
+    address = bus_address(args, env)
+    try:
+        parse(address)
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
+    args.live_to_stderr = False  # like dbus-monitor: the live view is the output
+    keep_freed_memory()
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    directory = Directory()
+    try:
+        return loop.run_until_complete(_monitor(args, address, directory, loop))
+    finally:
+        loop.close()
+
+
+async def _monitor(
+    args: argparse.Namespace, address: str, directory: Directory, loop: asyncio.AbstractEventLoop
+) -> int:
+    rules = list(args.match or [])
+    resolver = Resolver(address, directory)
+    try:
+        await asyncio.wait_for(resolver.start(), 10)
+    except Exception as exc:  # noqa: BLE001 - dbus-fast raises many kinds; all mean "no bus here"
+        resolver.stop()
+        raise UsageError(f"cannot connect to the bus at {address}: {exc or type(exc).__name__}") from None
+    try:
+        link = connect(address)
+        refusal = become_monitor(link, rules)
+    except SetupError as exc:
+        resolver.stop()
+        raise UsageError(str(exc)) from None
+    except BaseException:
+        resolver.stop()
+        raise
+    capture = "BecomeMonitor" if refusal is None else "eavesdrop"
+    if refusal is not None:
+        print(
+            f"ipcproxy: BecomeMonitor refused ({refusal}); eavesdropping with AddMatch instead"
+            " (only what the bus's policy lets this user eavesdrop is seen)",
+            file=sys.stderr,
+        )
+    ignore = {link.unique_name}
+    if resolver.bus is not None and resolver.bus.unique_name:
+        ignore.add(resolver.bus.unique_name)
+    try:
+        recorder = make_recorder(args, directory, bus_address=address, mode="monitor", capture=capture, match=rules)
+    except BaseException:
+        link.sock.close()
+        resolver.stop()
+        raise
+    monitor = Monitor(loop, link, recorder, directory, ignore)
+    recorder.event("monitor_start", bus=address, capture=capture, match=rules, unique_name=link.unique_name)
+    stop_reason: list[str] = []
+
+    def request_stop(reason: str) -> None:
+        stop_reason.append(reason)
+        monitor.drain()
+        monitor.done.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop, f"signal {signal.Signals(sig).name}")
+    kicker = asyncio.ensure_future(_kick(resolver, directory, monitor))
+    try:
+        monitor.start()
+        await monitor.done.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        kicker.cancel()
+        monitor.close()
+        resolver.stop()
+        reason = monitor.failure or (stop_reason[0] if stop_reason else "done")
+        recorder.event("monitor_stop", reason=reason, messages=monitor.messages)
+        recorder.close()
+    if monitor.failure is not None:
+        print(f"ipcproxy: {monitor.failure} ({address})", file=sys.stderr)
+        return ExitStatus.FAILED
+    return ExitStatus.OK
+
+
+async def _kick(resolver: Resolver, directory: Directory, monitor: Monitor) -> None:
+    """Ask for the credentials of new peers soon after they appear."""
+    while not monitor.done.is_set():
+        if directory.wanted:
+            resolver.kick()
+        await asyncio.sleep(0.02)
