@@ -358,3 +358,17 @@ def test_bad_filter_for_the_live_view_is_a_usage_error(bus: Any, capsys: pytest.
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_only_proxy_copies_are_merged(trace: Path) -> None:
+    """Copies exist only for messages seen on two proxied connections; driver messages are never merged."""
+    from ipcproxy.trace.stats import Deliveries
+
+    recs = messages(read_trace(trace))
+    deliveries = Deliveries()
+    copies = [r for r in recs if deliveries.seen(r)[0]]
+    assert copies and all(r["direction"] == "from_bus" for r in copies)
+    assert all(r["sender"]["bus_name"] != "org.freedesktop.DBus" for r in copies)
+    observed = [dict(r, direction="observed") for r in recs]
+    deliveries = Deliveries()
+    assert not any(deliveries.seen(r)[0] for r in observed)

@@ -29,8 +29,11 @@ BROADCAST = "*"
 class Deliveries:
     """Recognises the second record of a message already seen (same sender and serial).
 
-    Keys are kept for a bounded window of recent messages: copies of one
-    message are recorded within moments of each other.
+    Only the proxy's own records can be copies (``to_bus`` on the sender's
+    connection, ``from_bus`` on the receiver's); passive captures and the bus
+    driver's messages (the driver is never behind the proxy, and its serials
+    repeat across recipients) are always new. Keys are kept for a bounded
+    window: copies of one message are recorded within moments of each other.
     """
 
     def __init__(self, window: int = 100_000) -> None:
@@ -38,18 +41,21 @@ class Deliveries:
         self._window = window
 
     @staticmethod
-    def key(rec: dict[str, Any]) -> tuple[Any, ...]:
+    def key(rec: dict[str, Any]) -> tuple[Any, ...] | None:
+        if rec.get("direction") not in ("to_bus", "from_bus"):
+            return None
         sender = (rec.get("sender") or {}).get("bus_name")
-        if sender is None:  # before Hello: only its own connection knows it
-            return ("conn", rec.get("connection"), rec.get("serial"), rec.get("type"))
-        if sender == BUS_DRIVER_NAME:  # the driver numbers per recipient
-            dest = (rec.get("destination") or {}).get("bus_name") or rec.get("destination_name")
-            return (sender, dest, rec.get("serial"), rec.get("type"))
+        if sender == BUS_DRIVER_NAME:
+            return None
+        if sender is None:  # before Hello's reply: only its own connection knows it
+            return ("conn", rec.get("connection"), rec.get("serial"))
         return (sender, rec.get("serial"))
 
     def seen(self, rec: dict[str, Any]) -> tuple[bool, list[Any]]:
         """Whether ``rec`` copies a message already seen, and a list the caller may keep notes in for it."""
         key = self.key(rec)
+        if key is None:
+            return False, []
         notes = self._seen.get(key)
         if notes is not None:
             return True, notes
