@@ -34,10 +34,14 @@ components:
     args:
       0: {{values: [{HOST}]}}
       1: {{values: [Hostname, KernelName]}}
+  - send: method_call
+    to: {HOST}
+    interface: {PROPS}
+    member: GetAll
   order:
-  - [^, org.freedesktop.DBus org.freedesktop.DBus.Hello]
-  - [org.freedesktop.DBus org.freedesktop.DBus.Hello, {HOST} {PROPS}.Get]
+  - [^, {HOST} {PROPS}.Get]
   - [{HOST} {PROPS}.Get, {HOST} {PROPS}.Get]
+  - [{HOST} {PROPS}.Get, {HOST} {PROPS}.GetAll]
 - component: {HOST}
   uid: 1
   exe: /usr/lib/systemd/systemd-hostnamed
@@ -118,14 +122,18 @@ components:
 
 def test_call_out_of_order_is_an_order_anomaly(policy):
     order = OrderTracker(2)
-    # a fresh connection calling Get without its usual Hello first
-    d = decide(policy, sent(get("Hostname"), connection=9), order)
+    get_all = call("GetAll", [HOST], "s")
+    # a fresh connection calling GetAll without its usual Get first
+    assert decide(policy, hello(connection=9), order).allowed  # bus-driver calls are not part of the order
+    d = decide(policy, sent(get_all, connection=9), order)
     assert not d.allowed and d.kind == "order"
-    assert d.ngram == ("^", f"{HOST} {PROPS}.Get")
-    # after Hello, the same call is in order; repeated Gets too
+    assert d.ngram == ("^", f"{HOST} {PROPS}.GetAll")
+    assert "GetAll out of order, never seen after ^" in d.reason
+    # after a Get, the same call is in order; repeated Gets too
     assert decide(policy, hello(connection=10), order).allowed
     assert decide(policy, sent(get("Hostname"), connection=10), order).allowed
     assert decide(policy, sent(get("KernelName"), connection=10), order).allowed
+    assert decide(policy, sent(get_all, connection=10), order).allowed
 
 
 def test_owning_names_and_replies(policy):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from ..chain import Context
 from .facts import Facts, facts_of
-from .identity import peer_fields, peer_label, peer_matches, subjects_for, symbol
+from .identity import in_order_model, peer_fields, peer_label, peer_matches, subjects_for, symbol
 from .model import ANY, START, ArgConstraint, Policy, Rule, Subject, flow
 
 # kinds of decisions
@@ -137,7 +137,7 @@ def decide(policy: Policy, ctx: Context, order: OrderTracker | None = None, adva
         return Decision(False, REPLY, f"{facts.type} from {label} answers no call that was let through", label)
     owned = facts.owned_name()
     decision = _own(subjects, owned, label) if owned is not None else _match_rules(policy, subjects, facts, label)
-    if order is not None and facts.direction == "send" and facts.type == "method_call" and policy.order_n > 0:
+    if order is not None and policy.order_n > 0 and in_order_model(facts):
         decision = _check_order(subjects, facts, ctx.connection_id, order, decision, advance_on_deny)
     return decision
 

@@ -53,7 +53,7 @@ def _subject(subject: Subject, n: int) -> list[str]:
         out += _rule(rule, subject.messages)
     if subject.order is not None:
         grams = sorted(subject.order)
-        out.append(f"  # order: the {n}-grams of method calls it sends, per connection ({START_NOTE})")
+        out.append(f"  # order: the {n}-grams of method calls it sends to services, per connection ({START_NOTE})")
         out.append("  order:" if grams else "  order: []")
         for gram in grams:
             out.append(f"  - {_flow(list(gram))}")

@@ -31,6 +31,12 @@ DEFAULT_DENY = (
 )
 
 
+OWN_CALL = (
+    '<allow send_destination="org.freedesktop.DBus" send_type="method_call" send_path="/org/freedesktop/DBus" '
+    'send_interface="org.freedesktop.DBus" send_member="{member}"/>'
+)
+
+
 def comment(text: str, indent: str = "") -> str:
     """An XML comment (which may not contain '--')."""
     return f"{indent}<!-- {text.replace('--', '- -')} -->"
@@ -87,6 +93,10 @@ def _policy(uid: int, subjects: list[Subject]) -> list[str]:
         out.append(comment(f"{subject.label}", "    "))
         for own in subject.own:
             _emit(out, seen, f"<allow own={quoteattr(own)}/>")
+        if subject.own:
+            # ipcproxy governs RequestName/ReleaseName by 'own' alone; the bus also wants the call allowed
+            for member in ("RequestName", "ReleaseName"):
+                _emit(out, seen, OWN_CALL.format(member=member))
         for rule in subject.rules:
             for note in _notes(rule):
                 out.append(comment(note, "    "))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from typing import Any
 
 from .model import ArgConstraint, canonical
@@ -85,10 +84,19 @@ def string_pattern(values: list[str]) -> str:
         if any(c.isascii() and test(c) for c in chars):
             classes.append(name)
     others = sorted(c for c in chars if not (c.isascii() and c.isalnum()))
-    classes += [re.escape(c) for c in others]
+    classes += ["\\" + c if c in _CLASS_SPECIAL else c for c in others]
     quantifier = "+" if all(middles) else "*"
     middle = f"[{''.join(classes)}]{quantifier}" if classes else ""
-    return re.escape(prefix) + middle + re.escape(suffix)
+    return _literal(prefix) + middle + _literal(suffix)
+
+
+_SPECIAL = set(".^$*+?{}[]\\|()")
+_CLASS_SPECIAL = set("\\]^-[")
+
+
+def _literal(text: str) -> str:
+    """Escape only what a regular expression treats specially, so patterns stay readable."""
+    return "".join("\\" + c if c in _SPECIAL else c for c in text)
 
 
 def path_generalisation(paths: list[str], threshold: int) -> tuple[tuple[str, ...] | None, str | None]:

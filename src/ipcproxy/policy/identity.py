@@ -80,6 +80,18 @@ def peer_fields(peer: Endpoint | None) -> tuple[str, int | None]:
     return label, None
 
 
+def in_order_model(facts: Facts) -> bool:
+    """Method calls a connection sends to services; calls to the bus driver (Hello, AddMatch,
+    GetNameOwner...) are library plumbing whose interleaving varies, so they are left out."""
+    return (
+        facts.direction == "send"
+        and facts.type == "method_call"
+        and facts.peer is not None
+        and facts.peer.bus_name != BUS_DRIVER_NAME
+        and facts.message.destination != BUS_DRIVER_NAME
+    )
+
+
 def symbol(facts: Facts) -> str:
     """A sent method call as the order model sees it: peer and interface.member, no arguments."""
     return f"{peer_label(facts.peer)} {facts.interface or ''}.{facts.member or ''}"

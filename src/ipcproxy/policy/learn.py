@@ -4,7 +4,8 @@ Fed replayed Contexts (so it sees messages exactly as the enforcer will),
 it groups each component's messages into rules by direction, type, peer,
 interface, member and signature; paths and method-call arguments become
 constraints (see ``generalise``); names requested from the bus become
-``own``; the method calls each connection sends become order n-grams.
+``own``; the method calls each connection sends to services (not to the
+bus driver) become order n-grams.
 Replies need no rule: the enforcer lets through replies to calls it let
 through. ``coarse`` learns the destination-only baseline instead.
 """
@@ -20,7 +21,7 @@ from ..trace.replay import Replayed
 from .decide import OrderTracker
 from .facts import Facts, facts_of
 from .generalise import constraint, path_generalisation
-from .identity import component_of, peer_fields, symbol
+from .identity import component_of, in_order_model, peer_fields, symbol
 from .model import ArgConstraint, Policy, Rule, Subject
 
 
@@ -97,7 +98,7 @@ class Learner:
             stats.own[owned] += 1
         else:
             self._group(stats, facts)
-        if self.ngram and facts.direction == "send" and facts.type == "method_call":
+        if self.ngram and in_order_model(facts):
             sym = symbol(facts)
             stats.grams.add(self.order.gram(ctx.connection_id, sym))
             self.order.advance(ctx.connection_id, sym)
