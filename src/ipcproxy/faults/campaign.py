@@ -121,26 +121,28 @@ class Runner:
         return self._pool
 
     def _run_all(self, specs: list[RunSpec]) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
-        """Results as runs finish; on an interrupt, pending runs are cancelled and running ones finished."""
+        """Results as runs finish. At most ``jobs`` runs are handed to the workers at a time, so
+        an interrupt stops the campaign after the runs under way (their results are kept)."""
         if not specs:
             return
         pool = self._pool_get()
-        futures: dict[Future[dict[str, Any]], RunSpec] = {pool.submit(_work, s): s for s in specs}
-        pending = set(futures)
+        queue = list(reversed(specs))
+        running: dict[Future[dict[str, Any]], RunSpec] = {}
         try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(finished, key=lambda f: futures[f].run):
-                    yield futures[fut], fut.result()
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    spec = queue.pop()
+                    running[pool.submit(_work, spec)] = spec
+                finished, _ = wait(set(running), return_when=FIRST_COMPLETED)
+                for fut in sorted(finished, key=lambda f: running[f].run):
+                    spec = running.pop(fut)
+                    yield spec, fut.result()
         except KeyboardInterrupt:
             self.interrupted = True
-            for fut in pending:
-                fut.cancel()
-            running = [f for f in pending if not f.cancelled()]
-            finished, _ = wait(running)
-            for fut in finished:
+            finished, _ = wait(set(running))
+            for fut in sorted(finished, key=lambda f: running[f].run):
                 if fut.exception() is None:
-                    yield futures[fut], fut.result()
+                    yield running[fut], fut.result()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -193,8 +195,10 @@ class Runner:
     def faults(self) -> list[FaultSpec]:
         listed = list(self.campaign.faults)
         if self.campaign.enumerate is not None:
-            records = list(iter_trace(self.path("golden-1.jsonl")))
-            listed += enumerate_faults(records, self.campaign.enumerate, self.seed, len(listed))
+            goldens = [
+                list(iter_trace(self.path(f"golden-{k}.jsonl"))) for k in range(1, self.campaign.golden_runs + 1)
+            ]
+            listed += enumerate_faults(goldens, self.campaign.enumerate, self.seed, len(listed))
         return listed
 
     def faulty(self, envelope: Envelope, faults: list[FaultSpec], progress: Progress) -> dict[int, dict[str, Any]]:

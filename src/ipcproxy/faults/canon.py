@@ -80,6 +80,7 @@ class Canon:
     workload_end: int | None
     last_seq: int
     pids: dict[int, str] = field(default_factory=dict)  # process id -> component
+    exes: dict[str, str] = field(default_factory=dict)  # component -> executable
 
     def sent_by(self, component: str) -> list[Sent]:
         return [m for m in self.messages if m.sender == component and not m.injected]
@@ -195,6 +196,8 @@ def canonical(records: Iterable[dict[str, Any]]) -> Canon:
         if sender_unique in probes or dest_unique in probes:
             continue
         key = (sender_unique or f"#{r.get('connection')}", r.get("serial", 0), injected)
+        if sender_unique == BUS_DRIVER_NAME:  # the bus numbers its messages per receiver
+            key = (f"{BUS_DRIVER_NAME}>{dest_unique}", r.get("serial", 0), injected)
         fault = vdict if "fault" in vdict else None
         fate = vdict.get("action", "forwarded") if vdict else str(verdict or "forwarded")
         existing = by_key.get(key)
@@ -240,7 +243,23 @@ def canonical(records: Iterable[dict[str, Any]]) -> Canon:
         by_key[key] = msg
         out.append(msg)
     pids = {ep["pid"]: labels[u] for u, ep in eps.items() if ep.get("pid") and u in labels}
-    return Canon(out, labels, disconnects, start, end, last_seq, pids)
+    exes = {labels[u]: ep["exe"] for u, ep in eps.items() if ep.get("exe") and u in labels}
+    return Canon(out, labels, disconnects, start, end, last_seq, pids, exes)
+
+
+def relabel(canon: Canon, names: dict[str, str]) -> Canon:
+    """Rename components (e.g. a service that never got its name, known by its executable)."""
+    if not names:
+        return canon
+    for m in canon.messages:
+        m.sender = names.get(m.sender, m.sender)
+        if m.destination is not None:
+            m.destination = names.get(m.destination, m.destination)
+        m.receivers = {names.get(r, r) for r in m.receivers}
+    canon.disconnects = [(seq, names.get(c, c)) for seq, c in canon.disconnects]
+    canon.pids = {pid: names.get(c, c) for pid, c in canon.pids.items()}
+    canon.components = {u: names.get(c, c) for u, c in canon.components.items()}
+    return canon
 
 
 def key_text(msg: Sent, args: list[Any]) -> str:

@@ -76,21 +76,30 @@ def levenshtein(a: list[str], b: list[str]) -> int:
     return prev[-1]
 
 
+INJECTED = "ipcproxy (injected)"
+
+
 def _seq(canon: Canon, comp: str) -> list[tuple[str, Sent]]:
-    return [(key_text(m, m.as_sent_args()), m) for m in canon.sent_by(comp)]
+    """What the component's messages looked like on the bus: as delivered, with their fate."""
+    chosen = [m for m in canon.messages if (m.injected and comp == INJECTED) or (not m.injected and m.sender == comp)]
+    return [(key_text(m, m.args) + ("" if m.fate == "forwarded" else f" [{m.fate}]"), m) for m in chosen]
+
+
+def _components(canon: Canon) -> set[str]:
+    return canon.all_components() | ({INJECTED} if any(m.injected for m in canon.messages) else set())
 
 
 def diff_canons(a: Canon, b: Canon) -> TraceDiff:
     out = TraceDiff(None, a_messages=len(a.messages), b_messages=len(b.messages))
     firsts: list[Divergence] = []
-    for comp in sorted(a.all_components() | b.all_components()):
+    for comp in sorted(_components(a) | _components(b)):
         sa, sb = _seq(a, comp), _seq(b, comp)
         ka, kb = [k for k, _ in sa], [k for k, _ in sb]
         if ka == kb:
             continue
         out.edit_distance += levenshtein(ka, kb)
         ca, cb = Counter(ka), Counter(kb)
-        desc = {k: m.describe() for k, m in sa + sb}
+        desc = {k: m.describe() + ("" if m.fate == "forwarded" else f" [{m.fate}]") for k, m in sa + sb}
         missing = [desc[k] + (f" x{n}" if n > 1 else "") for k, n in sorted((ca - cb).items())]
         added = [desc[k] + (f" x{n}" if n > 1 else "") for k, n in sorted((cb - ca).items())]
         if missing:

@@ -9,6 +9,7 @@ counts. A seeded sample keeps campaigns small.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -79,18 +80,32 @@ def candidates(records: Iterable[dict[str, Any]], match: Selector) -> list[tuple
 
 
 def enumerate_faults(
-    records: list[dict[str, Any]], spec: EnumerateSpec, seed: int, first_index: int
+    goldens: list[list[dict[str, Any]]], spec: EnumerateSpec, seed: int, first_index: int
 ) -> list[FaultSpec]:
-    found = candidates(records, spec.match)
+    """One fault per (message seen in every golden run × action), optionally a seeded sample."""
+    per_run = [candidates(records, spec.match) for records in goldens]
+    common = set.intersection(*({(json.dumps(sel, sort_keys=True), nth) for sel, nth, _ in run} for run in per_run))
+    # a stable order, independent of how independent components happened to interleave
+    found = sorted(
+        ((sel, nth, seq) for sel, nth, seq in per_run[0] if (json.dumps(sel, sort_keys=True), nth) in common),
+        key=lambda c: (json.dumps(c[0], sort_keys=True), c[1]),
+    )
     if spec.sample is not None and spec.sample < len(found):
         rng = random.Random(f"{seed}:enumerate")
         found = [found[i] for i in sorted(rng.sample(range(len(found)), spec.sample))]
     faults: list[FaultSpec] = []
-    for sel, nth, seq in found:
+    for sel, nth, _seq in found:
         for action in spec.actions:
             kind = next(iter(action))
             what = sel.get("member") or (sel.get("reply_to") or {}).get("member", "") or sel.get("error_name", "")
-            label = f"{kind}:{sel['type']}:{what}#{nth}@{seq}"
+            route = f"{_short(sel.get('sender'))}->{_short(sel.get('destination'))}"
+            label = f"{kind} {sel['type']} {what} {route} #{nth}"
             data = {"name": label, "match": sel, "when": {"nth": nth}, "action": action}
             faults.append(fault_from_dict(data, first_index + len(faults)))
     return faults
+
+
+def _short(name: str | None) -> str:
+    if not name:
+        return "*"
+    return name.rsplit("/", 1)[-1] if name.startswith("/") else name

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import BUS_DRIVER_NAME
-from .canon import Canon, Sent, key_text
+from .canon import Canon, Sent, key_text, relabel
 
 MAX_ORDERED = 1500  # per component; beyond this only counts are checked (the pair check is quadratic)
 
@@ -51,6 +51,18 @@ class Envelope:
     exit_statuses: set[int | None] = field(default_factory=set)
     stdouts: set[str] = field(default_factory=set)
     services_alive: list[bool] = field(default_factory=list)
+    by_exe: dict[str, str] = field(default_factory=dict)  # executable -> the named component it is in golden runs
+
+    def align(self, canon: Canon) -> Canon:
+        """Name a faulty run's components as in the golden runs when only their executable is known."""
+        golden = set(self.models)
+        present = canon.all_components()
+        names = {
+            exe: name
+            for exe, name in self.by_exe.items()
+            if exe in present and exe not in golden and name not in present
+        }
+        return relabel(canon, names)
 
     def key(self, msg: Sent, as_sent: bool = False) -> str:
         args = msg.as_sent_args() if as_sent else msg.args
@@ -133,6 +145,12 @@ def learn(goldens: list[Canon], results: list[dict[str, Any]]) -> Envelope:
         methods = set().union(*got) if got else set()
         received = {m: (min(c[m] for c in got), max(c[m] for c in got)) for m in methods}
         env.models[comp] = ComponentModel(counts, before, describe, received)
+    named: dict[str, set[str]] = {}
+    for g in goldens:
+        for comp, exe in g.exes.items():
+            if not comp.startswith("/") and comp != BUS_DRIVER_NAME:
+                named.setdefault(exe, set()).add(comp)
+    env.by_exe = {exe: next(iter(comps)) for exe, comps in named.items() if len(comps) == 1}
     flats = [flatten_state(r.get("state") or {}) for r in results]
     if flats:
         keys = set().union(*flats)

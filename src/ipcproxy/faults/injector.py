@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..chain import Context
-from ..model import Direction, Verdict
+from ..model import BUS_DRIVER_NAME, Direction, Verdict
 from . import actions
 from .plan import FaultPlan, FaultSpec, PlanError, load_plan
 from .selectors import OwnedNames, matches
@@ -41,6 +41,18 @@ class _Decision:
     why: str
     at_delivery: bool  # carried out on each delivery rather than where it was decided
     also: list[str]
+
+
+def delivery_key(sender: str | None, serial: int, receiver: str | None) -> tuple[str, int]:
+    """What identifies one message among the deliveries the proxy sees.
+
+    A client numbers its messages itself, so (sender, serial) names a message
+    however many receivers it reaches; the bus driver numbers what it sends
+    per receiving connection, so its messages are told apart by receiver too.
+    """
+    if sender == BUS_DRIVER_NAME:
+        return (f"{sender}>{receiver}", serial)
+    return (sender or "?", serial)
 
 
 def fault_rngs(seed: int, spec: FaultSpec) -> tuple[random.Random, random.Random]:
@@ -85,7 +97,7 @@ class FaultInjector:
                     return None  # carried out when it reaches its receiver
                 decision.at_delivery = False
             return self._verdict(decision, ctx, "sender side")
-        key = (msg.sender or "?", msg.serial)
+        key = delivery_key(msg.sender, msg.serial, ctx.client.bus_name)
         if key in self._decided:
             decision = self._decided[key]
             if decision is None or not decision.at_delivery:

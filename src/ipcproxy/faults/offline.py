@@ -15,6 +15,7 @@ from typing import Any
 
 from ..chain import Context
 from ..model import Direction, Endpoint, Message, MessageType
+from .injector import delivery_key
 from .selectors import OwnedNames
 
 _TYPES = {t.wire_name: t for t in MessageType}
@@ -131,7 +132,7 @@ def replay(records: Iterable[dict[str, Any]], owned: OwnedNames) -> Iterator[Poi
             key = (client.bus_name or f"#{conn}", msg.serial)
             decides = True
         else:
-            key = (msg.sender or "?", msg.serial)
+            key = delivery_key(msg.sender, msg.serial, client.bus_name)
             decides = key not in seen
         seen.add(key)
         yield Point(r, ctx, decides)

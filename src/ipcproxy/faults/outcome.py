@@ -86,6 +86,7 @@ def _first_divergence(canon: Canon, devs: list[Deviation]) -> int | None:
 
 
 def classify(env: Envelope, canon: Canon, result: dict[str, Any]) -> Verdict:
+    canon = env.align(canon)
     injected = [
         {
             "seq": m.seq,
