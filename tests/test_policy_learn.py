@@ -223,3 +223,30 @@ def test_diff_policy_command(tmp_path: Path, capsys):
     assert f"granted by {tmp_path / 'fine.yaml'} only: nothing" in out
     assert "{send: any, to: org.freedesktop.hostname1}" in out
     assert load_policy(str(tmp_path / "coarse.yaml")).order_n == 0
+
+
+def test_passive_captures_are_learnt_from_both_sides(tmp_path: Path):
+    busctl = Endpoint(**{**BUSCTL.to_json(), "bus_name": ":1.5"})
+    get = dict(args=[HOST, "Hostname"], signature="ss", serial=2)
+    recs = [
+        {**record("observed", 0, busctl, HOSTNAMED, "Get", **get), "connection": None},
+        {
+            **record("observed", 0, HOSTNAMED, busctl, None, type="method_return", serial=7, reply_serial=2,
+                     path=None, interface=None, destination_name=":1.5", args=["x"], signature="v"),
+            "connection": None,
+        },
+    ]  # fmt: skip
+    trace = write_trace(tmp_path / "m.jsonl", recs)
+    items = list(replay([str(trace)]))
+    assert [(i.ctx.direction.value, i.ctx.client.component) for i in items] == [
+        ("to_bus", "/usr/bin/busctl"),
+        ("from_bus", HOST),
+        ("to_bus", HOST),
+        ("from_bus", "/usr/bin/busctl"),
+    ]
+    assert items[2].ctx.reply_to_allowed_call and items[3].ctx.reply_to_allowed_call
+    policy = learn(items).policy()
+    (sent_get,) = policy.subject("/usr/bin/busctl", 5).rules
+    (got,) = policy.subject(HOST, 1).rules
+    assert (sent_get.direction, sent_get.peer, got.direction, got.peer) == ("send", HOST, "receive", "/usr/bin/busctl")
+    assert check(policy, replay([str(trace)])).clean

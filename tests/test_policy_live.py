@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,51 @@ def test_run_learns_and_enforces_with_the_same_command(tmp_path: Path):
     assert r.returncode == 1 and "Access denied" in r.stderr
     (denied,) = [m for m in messages(read_trace(tmp_path / "enforced.jsonl")) if m["member"] == "SetPrettyHostname"]
     assert denied["verdict"]["action"] == "denied"
+
+
+def test_replies_pass_only_for_calls_that_were_let_through(bus, proxy_factory, tmp_path):
+    import asyncio
+    import os
+
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    me = os.path.realpath(sys.executable)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f"version: 1\ncomponents:\n- component: {me}\n  uid: {os.getuid()}\n  rules:\n"
+        "  - send: method_call\n    to: org.freedesktop.DBus\n    member: Hello\n    interface: org.freedesktop.DBus\n"
+        "  - send: method_call\n    to: org.freedesktop.DBus\n    member: GetId\n    interface: org.freedesktop.DBus\n"
+    )
+    proxy = proxy_factory("--policy", str(policy), "--mode", "enforce")
+
+    async def talk() -> str:
+        client = await MessageBus(bus_address=proxy.address).connect()
+        reply = await client.call(
+            Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus", member="GetId")
+        )  # fmt: skip
+        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN  # a reply to an allowed call
+        # a "reply" to a call nobody made, addressed to itself
+        await client.send(Message(message_type=MessageType.METHOD_RETURN, reply_serial=4242,
+                                  destination=client.unique_name))  # fmt: skip
+        await client.call(
+            Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus", member="GetId")
+        )  # fmt: skip
+        client.disconnect()
+        return str(client.unique_name)
+
+    unique = asyncio.run(talk())
+    proxy.stop()
+    records = messages(proxy.records())
+    forged = [r for r in records if r["type"] == "method_return" and r["reply_serial"] == 4242]
+    assert [(r["direction"], r["verdict"]["action"], r["verdict"]["policy"]) for r in forged] == [
+        ("to_bus", "denied", "reply")
+    ]
+    answers = [
+        r
+        for r in records
+        if r["type"] == "method_return" and r["direction"] == "from_bus" and r["destination_name"] == unique
+    ]
+    assert len(answers) == 3 and all(r["verdict"] == "forwarded" for r in answers)  # Hello and two GetId

@@ -60,7 +60,7 @@ def peer_matches(policy: Policy, rule: Rule, peer: Endpoint | None) -> bool:
         return False
     if rule.peer_uid is not None and peer.uid != rule.peer_uid:
         return False
-    if want in peer.names or want == peer.exe or (want == BUS_DRIVER_NAME and peer.bus_name == BUS_DRIVER_NAME):
+    if want in peer.names or want == peer.exe or want == component_of(peer):
         return True
     if not well_known(peer.names) and peer.exe is not None:
         # a named component that has not acquired its name yet: recognised by its executable
