@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(dbus-daemon dbus-bin dbus-broker systemd xdg-dbus-proxy tshark python3-dbusmock python3-gi
-          libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc util-linux strace procps)
+          libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc util-linux strace procps apparmor)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

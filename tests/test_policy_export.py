@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM_PYTHON, have, wait_name_owned
+from conftest import SYSTEM_PYTHON, have, wait_for, wait_name_owned
 from ipcproxy.cli import main
 from ipcproxy.dbus.launcher import PrivateBus
 from ipcproxy.policy.export_apparmor import export_apparmor
 from ipcproxy.policy.export_dbus import export_dbus
-from ipcproxy.policy.export_xdg import export_xdg
+from ipcproxy.policy.export_xdg import component_arguments, export_xdg
 from ipcproxy.policy.loader import parse_policy
 
 MOCK = "org.example.Mock"
@@ -176,3 +176,38 @@ def test_real_dbus_daemon_enforces_the_exported_xml(policy, tmp_path: Path):
         finally:
             mock.terminate()
             mock.wait(10)
+
+
+@pytest.mark.skipif(not have("apparmor_parser"), reason="needs apparmor_parser (package apparmor)")
+def test_apparmor_parser_accepts_the_export(policy, tmp_path: Path):
+    profile = tmp_path / "profiles"
+    profile.write_text(export_apparmor(policy, "system"))
+    r = subprocess.run(["apparmor_parser", "-Q", "-K", str(profile)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    broken = tmp_path / "broken"
+    broken.write_text(profile.read_text().replace("dbus (send)", "dbus (sendd)", 1))
+    r = subprocess.run(["apparmor_parser", "-Q", "-K", str(broken)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0  # the parser does check what we give it
+
+
+@pytest.mark.skipif(not have("xdg-dbus-proxy"), reason="needs xdg-dbus-proxy")
+def test_real_xdg_dbus_proxy_filters_with_the_exported_arguments(policy, bus, services, tmp_path: Path):
+    services.dbusmock(bus.address)
+    (busctl_subject,) = [s for s in policy.subjects if s.component == "/usr/bin/busctl"]
+    args, notes = component_arguments(busctl_subject)
+    assert any("handled by xdg-dbus-proxy itself" in n for n in notes)
+    path = tmp_path / "xdg.sock"
+    proc = subprocess.Popen(["xdg-dbus-proxy", bus.address, str(path), "--filter", *args])
+    try:
+        wait_for(path.exists, what="xdg-dbus-proxy's socket")
+        # dbus-send: xdg-dbus-proxy does not accept sd-bus's (busctl's) header layout
+        send = ["dbus-send", f"--bus=unix:path={path}", "--print-reply", f"--dest={MOCK}", "/org/example/Mock"]
+        ok = subprocess.run([*send, "org.freedesktop.DBus.Introspectable.Introspect"], capture_output=True,
+                            text=True, timeout=20)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        denied = subprocess.run([*send, "org.freedesktop.DBus.Peer.Ping"], capture_output=True, text=True,
+                                timeout=20)  # fmt: skip
+        assert denied.returncode != 0 and "org.freedesktop.DBus.Error.AccessDenied" in denied.stderr, denied.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)

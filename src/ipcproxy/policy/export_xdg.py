@@ -66,7 +66,8 @@ def _what(rule: Rule) -> str:
     return f"{rule.interface or ''}.{rule.member or '*'}"
 
 
-def _component(subject: Subject, address: str) -> list[str]:
+def component_arguments(subject: Subject) -> tuple[list[str], list[str]]:
+    """(xdg-dbus-proxy filter arguments, notes on what they leave out) for one component."""
     args: list[str] = []
     notes: list[str] = []
     for name in subject.own:
@@ -80,8 +81,13 @@ def _component(subject: Subject, address: str) -> list[str]:
     note = order_note(subject)
     if note:
         notes.append(note)
+    return args, list(dict.fromkeys(notes))
+
+
+def _component(subject: Subject, address: str) -> list[str]:
+    args, notes = component_arguments(subject)
     out = [f"# {subject.label}"]
-    out += [f"#   {n}" for n in dict.fromkeys(notes)]
+    out += [f"#   {n}" for n in notes]
     command = ["xdg-dbus-proxy", address, "PATH", "--filter", *args]
     out.append(" \\\n    ".join(shlex.quote(a) if not a.startswith("$") else f'"{a}"' for a in command))
     return out
