@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..chain import Context
 from .facts import Facts, facts_of
 from .identity import in_order_model, peer_fields, peer_label, peer_matches, subjects_for, symbol
-from .model import ANY, START, ArgConstraint, Policy, Rule, Subject, flow
+from .model import START, ArgConstraint, Policy, Rule, Subject, flow
 
 # kinds of decisions
 ALLOWED = "allowed"
@@ -232,5 +232,3 @@ def _who(ctx: Context) -> str:
         text += f" (uid {ep.uid})"
     return text
 
-
-__all__ = ["ANY", "Decision", "OrderTracker", "decide", "needed_rule"]
