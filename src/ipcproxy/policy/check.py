@@ -69,7 +69,7 @@ def check(policy: Policy, items: Iterable[Replayed]) -> Report:
     report = Report()
     order = OrderTracker(max(policy.order_n, 1))
     for item in items:
-        if item.injected:
+        if item.injected or item.ctx.message.transport != "dbus":
             continue
         report.checked += 1
         try:

@@ -231,4 +231,3 @@ def _who(ctx: Context) -> str:
     if ep.uid is not None:
         text += f" (uid {ep.uid})"
     return text
-

@@ -73,6 +73,8 @@ class Learner:
         self.skipped = 0
 
     def feed(self, item: Replayed) -> None:
+        if item.ctx.message.transport != "dbus":
+            return  # policies speak about D-Bus messages only, for now
         if item.injected or not item.passed:
             self.skipped += 1  # answers the proxy made up, and messages that never got through
             return

@@ -23,6 +23,7 @@ from ..chain import Context
 from ..model import BUS_DRIVER_NAME, Direction, Endpoint, Message, MessageType
 from .reader import iter_trace
 
+_TYPES = frozenset(t.wire_name for t in MessageType)
 PASSING = frozenset({"forwarded", "modified", "delayed", "duplicated", "reordered", "violation"})
 INJECTED = "injected"
 
@@ -235,8 +236,8 @@ def replay(
             identities.gather(record)
         calls = _Calls()
         for record in iter_trace(path, warn=warn):
-            if record.get("type") == "event" or "direction" not in record:
-                continue
+            if record.get("type") not in _TYPES or "direction" not in record:
+                continue  # events, and kinds of records this version does not know
             yield from _contexts(path, index, record, identities, calls, conn_id)
 
 
