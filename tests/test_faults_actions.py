@@ -238,3 +238,26 @@ def test_owned_names_come_from_request_name_replies() -> None:
     sel = parse_plan("version: 1\nfaults:\n  - match: {sender: org.example.Late}\n    action: {drop: {}}\n").faults[0]
     sig = wire.build(MessageType.SIGNAL, serial=3, path="/a", interface="org.a", member="Changed")
     assert matches(sel.match, Context(message=sig, direction=Direction.TO_BUS, client=me), owned)
+
+
+def test_a_delayed_message_holds_back_later_ones_on_its_connection() -> None:
+    now = [100.0]
+    plan = parse_plan(
+        "version: 1\nfaults:\n  - match: {member: Set}\n    when: {nth: 1}\n    action: {delay: {ms: 200}}\n"
+    )
+    inj = FaultInjector(plan, seed=1, clock=lambda: now[0])
+    caller = Endpoint(bus_name=":1.1")
+    first = inj.intercept(ctx_for(call(BODY, SIG, serial=20), Direction.TO_BUS, caller, {}))
+    assert first is not None and first.action is Action.DELAY and first.delay_s == 0.2
+    now[0] += 0.05
+    second = inj.intercept(ctx_for(call(BODY, SIG, serial=21, member="Other"), Direction.TO_BUS, caller, {}))
+    assert second is not None and second.action is Action.DELAY and second.notes == {"held_behind": "0"}
+    assert 0.15 < second.delay_s < 0.16  # released just after the first one, never before it
+    now[0] += 0.2
+    assert inj.intercept(ctx_for(call(BODY, SIG, serial=22, member="Other"), Direction.TO_BUS, caller, {})) is None
+    overtaking = parse_plan(
+        "version: 1\nfaults:\n  - match: {member: Set}\n    action: {delay: {ms: 200, overtake: true}}\n"
+    )
+    inj = FaultInjector(overtaking, seed=1, clock=lambda: now[0])
+    assert inj.intercept(ctx_for(call(BODY, SIG, serial=30), Direction.TO_BUS, caller, {})) is not None
+    assert inj.intercept(ctx_for(call(BODY, SIG, serial=31, member="Other"), Direction.TO_BUS, caller, {})) is None

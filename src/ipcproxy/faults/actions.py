@@ -60,7 +60,11 @@ def apply(action: ActionSpec, message: Message, rng: random.Random) -> Verdict:
     if isinstance(action, Delay):
         jitter = rng.uniform(-action.jitter_ms, action.jitter_ms) if action.jitter_ms else 0.0
         ms = max(0.0, action.ms + jitter)
-        return Verdict(Action.DELAY, delay_s=ms / 1000, notes={"done": f"delayed by {ms:.3f} ms"})
+        notes: dict[str, Any] = {"done": f"delayed by {ms:.3f} ms"}
+        if action.overtake:
+            notes["overtake"] = True
+            notes["done"] += " (later messages may pass it)"
+        return Verdict(Action.DELAY, delay_s=ms / 1000, notes=notes)
     if isinstance(action, Error):
         if message.type is MessageType.SIGNAL:
             return Verdict(Action.DROP, notes={"done": "signal not delivered (an error cannot answer a signal)"})

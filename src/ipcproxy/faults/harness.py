@@ -225,7 +225,7 @@ class Run:
             t2 = time.monotonic()
             recorder.event("campaign", phase="workload_end", exit_status=result.exit_status)
             recorder.flush()
-            await asyncio.sleep(0.1)  # let a crash caused by the last message happen before we look
+            await asyncio.sleep(0.05)  # let a crash caused by the last message happen before we look
             await asyncio.gather(
                 *(self._probe(i, p, bus.address, direct_env) for i, p in enumerate(c.state) if p.at is None)
             )

@@ -19,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..chain import Context
-from ..model import BUS_DRIVER_NAME, Direction, Verdict
+from ..model import BUS_DRIVER_NAME, Action, Direction, Verdict
 from . import actions
 from .plan import FaultPlan, FaultSpec, PlanError, load_plan
 from .selectors import OwnedNames, matches
 from .triggers import TriggerState
 
 MEMORY = 65536  # decisions remembered, for messages still on their way to receivers
+SPACING_S = 0.001  # between messages held behind a delayed one (the event loop's timers have ms resolution)
 
 
 @dataclass(slots=True)
@@ -76,9 +77,42 @@ class FaultInjector:
         self._decided: OrderedDict[tuple[str, int], _Decision | None] = OrderedDict()
         self._clock = clock
         self._start: float | None = None
+        self._held: dict[tuple[int, Direction], tuple[float, int, str]] = {}  # stream -> (release, count, fault)
         self.fired = 0
 
     def intercept(self, ctx: Context) -> Verdict | None:
+        verdict = self._intercept(ctx)
+        return self._keep_order(ctx, verdict)
+
+    def _keep_order(self, ctx: Context, verdict: Verdict | None) -> Verdict | None:
+        """A delayed message holds back the ones after it on its connection, as a slow link would.
+
+        Messages on one D-Bus connection never overtake each other; without this
+        a delay would also reorder, and its effects would be blamed on the delay.
+        """
+        stream = (ctx.connection_id, ctx.direction)
+        now = self._clock()
+        held = self._held.get(stream)
+        if held is not None and now >= held[0]:
+            del self._held[stream]
+            held = None
+        if verdict is not None and verdict.action is Action.DELAY and not verdict.notes.get("overtake"):
+            release = now + verdict.delay_s
+            if held is None or release > held[0]:
+                self._held[stream] = (release, 0, str(verdict.notes.get("fault")))
+                return verdict
+        if held is None or (verdict is not None and verdict.action is not Action.DELAY):
+            return verdict
+        release, count, fault = held
+        count += 1
+        self._held[stream] = (release, count, fault)
+        wait = release - now + count * SPACING_S
+        if verdict is not None:  # delayed by its own fault too: whichever is later
+            verdict.delay_s = max(verdict.delay_s, wait)
+            return verdict
+        return Verdict(Action.DELAY, delay_s=wait, reason=f"held behind fault {fault}", notes={"held_behind": fault})
+
+    def _intercept(self, ctx: Context) -> Verdict | None:
         msg = ctx.message
         if self._start is None:
             self._start = self._clock()

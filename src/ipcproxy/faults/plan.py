@@ -76,6 +76,7 @@ class Drop:
 class Delay:
     ms: float = 0.0
     jitter_ms: float = 0.0
+    overtake: bool = False  # let later messages of the same connection pass it (a reordering)
     kind: str = "delay"
 
 
@@ -359,7 +360,7 @@ def parse_trigger(ctx: _Ctx, container: Any, key: Any) -> Trigger:
 
 _ACTION_KEYS: dict[str, set[str]] = {
     "drop": set(),
-    "delay": {"ms", "jitter_ms"},
+    "delay": {"ms", "jitter_ms", "overtake"},
     "error": {"name", "message"},
     "corrupt": {"bits", "arg", "valid"},
     "set-arg": {"index", "value", "boundary", "random"},
@@ -383,7 +384,10 @@ def parse_action(ctx: _Ctx, container: Any, key: Any) -> ActionSpec:
     if kind == "delay":
         if "ms" not in p:
             raise ctx.fail(raw, kind, "delay needs ms")
-        return Delay(_num(ctx, p, "ms"), _num(ctx, p, "jitter_ms") if "jitter_ms" in p else 0.0)
+        overtake = p.get("overtake", False)
+        if not isinstance(overtake, bool):
+            raise ctx.fail(p, "overtake", "overtake must be true or false")
+        return Delay(_num(ctx, p, "ms"), _num(ctx, p, "jitter_ms") if "jitter_ms" in p else 0.0, overtake)
     if kind == "error":
         name = _str(ctx, p, "name") if "name" in p else DEFAULT_ERROR
         if "." not in name:
