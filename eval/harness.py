@@ -93,12 +93,15 @@ def run_system(
     steps: list[Step],
     policy: Path | None = None,
     bus_policy_xml: Path | None = None,
+    broker: bool = False,
 ) -> RunResult:
-    """One run: bus (optionally loading an exported <policy>), proxy (optionally enforcing), services, steps."""
+    """One run: bus (dbus-daemon or dbus-broker, optionally loading an exported <policy>), proxy (optionally
+    enforcing), services, steps."""
     out.mkdir(parents=True, exist_ok=True)
     trace = out / f"{label}.jsonl"
     extra = f"<include>{bus_policy_xml}</include>" if bus_policy_xml else ""
-    bus = PrivateBus(bus_type="system", extra_config=extra).start()
+    bus = PrivateBus(broker=broker, bus_type="system", extra_config=extra).start()
+    os.chmod(bus.socket, 0o777)  # clients of every uid connect (dbus-broker's launcher leaves it 0755)
     result = RunResult(label, trace)
     procs: list[subprocess.Popen[bytes]] = []
     proxy: subprocess.Popen[bytes] | None = None

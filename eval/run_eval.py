@@ -44,7 +44,8 @@ TRAIN = range(1, 7)
 HELD_OUT = range(7, 11)
 DOCS = HERE.parent / "docs" / "policy.md"
 BEGIN, END = "<!-- eval-results:begin -->", "<!-- eval-results:end -->"
-CONFIGS = ("learned", "coarse", "xml")
+CONFIGS = ("learned", "coarse", "xml", "broker")
+BUSES = {"xml": "dbus-daemon", "broker": "dbus-broker"}
 EXPRESSIBLE_KINDS = {"no-rule", "own", "no-profile"}  # what a bus policy can say: member-level rules, owning names
 
 
@@ -52,7 +53,7 @@ def prerequisites() -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root (components run as their own accounts)")
-    for tool in ("setpriv", "busctl", "gdbus", "dbus-daemon", PY):
+    for tool in ("setpriv", "busctl", "gdbus", "dbus-daemon", "dbus-broker-launch", PY):
         if not shutil.which(tool) and not os.path.exists(tool):
             problems.append(f"{tool} is missing")
     for service in SERVICES:
@@ -90,8 +91,8 @@ def learn(traces: list[Path], out: Path) -> tuple[Path, Path]:
 
 
 def run_config(config: str, paths: dict[str, Path], label: str, steps: list[Any], out: Path) -> RunResult:
-    if config == "xml":
-        return run_system(label, out, SERVICES, steps, bus_policy_xml=paths["xml"])
+    if config in BUSES:
+        return run_system(label, out, SERVICES, steps, bus_policy_xml=paths["xml"], broker=config == "broker")
     return run_system(label, out, SERVICES, steps, policy=paths[config])
 
 
@@ -146,7 +147,7 @@ def evaluate(out: Path) -> dict[str, Any]:
             row[config] = _outcome(run, misuse).__dict__
         kind = row["learned"]["kind"]
         row["xml_expressible"] = kind in EXPRESSIBLE_KINDS
-        row["agree"] = row["learned"]["blocked"] == row["xml"]["blocked"]
+        row["agree"] = all(row["learned"]["blocked"] == row[bus]["blocked"] for bus in BUSES)
         rows.append(row)
     results["misuse"] = rows
     return results
@@ -188,10 +189,12 @@ def tables(results: dict[str, Any]) -> str:
         f"| {benign_cell('coarse')} | {blocked['coarse']} / {n_misuse} |",
         f"| learned, exported to XML | dbus-daemon | {s['xml']['elements']} allow/deny elements in "
         f"{s['xml']['policies']} per-user policies | {benign_cell('xml')} | {blocked['xml']} / {n_misuse} |",
+        f"| learned, exported to XML | dbus-broker | the same file | {benign_cell('broker')} "
+        f"| {blocked['broker']} / {n_misuse} |",
         "",
         "| # | misuse | scenario | learned (ipcproxy) | coarse (ipcproxy) | exported XML (dbus-daemon) "
-        "| XML can express it | ipcproxy and dbus-daemon agree |",
-        "|---|---|---|---|---|---|---|---|",
+        "| exported XML (dbus-broker) | XML can express it | ipcproxy and both buses agree |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["misuse"]:
         cells = [Outcome(**r[c]).cell() for c in CONFIGS]
@@ -207,14 +210,14 @@ def tables(results: dict[str, Any]) -> str:
         )
     expressible = [r for r in results["misuse"] if r["xml_expressible"]]
     agree = sum(1 for r in expressible if r["agree"])
-    benign_agree = results["benign"]["learned"]["denied"] == 0 and results["benign"]["xml"]["denied"] == 0
+    benign_agree = all(results["benign"][c]["denied"] == 0 for c in ("learned", *BUSES))
     lines += [
         "",
-        f"Cross-check: where the XML can express the rule, ipcproxy and dbus-daemon agree on {agree} of "
-        f"{len(expressible)} misuse scenarios"
-        + (", and both let all held-out benign traffic through." if benign_agree else ".")
-        + " Where it cannot (argument constraints, order), dbus-daemon lets the misuse through, as the"
-        " export's comments say it will.",
+        f"Cross-check: where the XML can express the rule, ipcproxy, dbus-daemon and dbus-broker agree on {agree} "
+        f"of {len(expressible)} misuse scenarios"
+        + (", and all three let all held-out benign traffic through." if benign_agree else ".")
+        + " Where it cannot (argument constraints, order), the buses let the misuse through, as the"
+        " export's comments say they will.",
     ]
     return "\n".join(lines)
 
