@@ -100,6 +100,9 @@ class PrivateBus:
                 self.stop()
                 raise BusError(f"the private bus did not come up at {self.socket}")
             time.sleep(0.01)
+        # dbus-daemon makes its socket world-connectable (the policy decides who may do what);
+        # our socket-activation stand-in for dbus-broker binds it with the umask, so match that.
+        os.chmod(self.socket, 0o777)
         return self
 
     def _start_broker(self) -> None:
