@@ -161,3 +161,76 @@ def test_header_cache_masks_only_the_reply_serial() -> None:
     assert cache.lookup(bytes(short)) is None
     with pytest.raises(wire.FrameError):
         wire.parse_message(bytes(short))
+
+
+def _stream() -> list[bytes]:
+    frames = []
+    for i in range(1, 40):
+        kind = i % 4
+        if kind == 0:
+            m = wire.build(
+                MessageType.METHOD_CALL,
+                serial=i,
+                path="/a",
+                member="Echo",
+                destination=":1.9",
+                signature="ay",
+                body=[bytes(i * 37 % 300)],
+            )
+        elif kind == 1:
+            m = wire.build(
+                MessageType.METHOD_RETURN,
+                serial=i,
+                reply_serial=i * 7,
+                destination=":1.3",
+                sender=":1.9",
+                signature="ay",
+                body=[b"x" * (i % 5)],
+            )
+        elif kind == 2:
+            m = wire.build(MessageType.SIGNAL, serial=i, path="/a", interface="a.b", member="S", sender=":1.9")
+        else:
+            m = wire.build(
+                MessageType.ERROR,
+                serial=i,
+                reply_serial=i,
+                error_name="a.b.E",
+                destination=":1.3",
+                signature="s",
+                body=["e"],
+            )
+        frames.append(m.raw)
+    return frames
+
+
+@pytest.mark.parametrize("cut", [1, 7, 16, 100, 4096])
+def test_scan_borrows_fed_memory_and_matches_the_strict_parser(cut: int) -> None:
+    frames = _stream()
+    stream = b"".join(frames)
+    parser = wire.FrameParser()
+    cache = wire.HeaderCache()
+    reused = bytearray(cut)  # like the proxy's receive buffer: overwritten after every scan
+    seen: list[bytes] = []
+    for start in range(0, len(stream), cut):
+        chunk = stream[start : start + cut]
+        reused[: len(chunk)] = chunk
+        parser.feed(memoryview(reused)[: len(chunk)])
+        for raw, head, serial, reply_serial in parser.scan(cache):
+            seen.append(raw)
+            message = parser.message(raw)
+            assert message.serial == serial
+            if head is None:
+                cache.learn(message)
+                continue
+            assert (head.type, head.path, head.member, head.destination, head.sender, head.signature) == (
+                message.type,
+                message.path,
+                message.member,
+                message.destination,
+                message.sender,
+                message.signature,
+            )
+            assert reply_serial == (message.reply_serial or 0)
+    assert seen == frames
+    assert parser.buffered == 0
+    assert len(cache) > 0

@@ -39,9 +39,11 @@ INJECTED_SERIAL_BASE = 0xF0000000
 DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
 
-_U32 = {ord("l"): struct.Struct("<I").unpack_from, ord("B"): struct.Struct(">I").unpack_from}
-FLUSH_BYTES = 256 * 1024  # write the trace once this much is encoded ...
-FLUSH_DELAY = 0.02  # ... or this many seconds after the first unwritten record
+# Records are encoded and written in bulk (the encoder then runs with warm caches, and
+# each write is large): once this many wait, or their frames hold this many bytes, ...
+ENCODE_RECORDS = 256
+ENCODE_BYTES = 1 << 20
+FLUSH_DELAY = 0.01  # ... or this many seconds after the first of them
 
 
 def _as_message(call: Message | bytes) -> Message:
@@ -157,22 +159,20 @@ class Conn:
             self._peer_paused = True
 
     def write_chunks(self, chunks: list[bytes]) -> None:
-        """Write consecutive frames with one sendmsg, without joining them first."""
-        if len(chunks) == 1:
-            self.write(chunks[0])
-            return
-        if self.closed or self._out or len(chunks) > 512:
-            self.write(b"".join(chunks))
+        """Write consecutive frames with one send(msg), without joining them first."""
+        single = len(chunks) == 1
+        if self._out or self.closed or len(chunks) > 512:
+            self.write(chunks[0] if single else b"".join(chunks))
             return
         try:
-            sent = self.sock.sendmsg(chunks)
+            sent = self.sock.send(chunks[0]) if single else self.sock.sendmsg(chunks)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
             self.close(f"write failed: {exc.strerror}")
             return
-        if sent < sum(map(len, chunks)):
-            self.write(b"".join(chunks)[sent:])
+        if sent < (len(chunks[0]) if single else sum(map(len, chunks))):
+            self.write((chunks[0] if single else b"".join(chunks))[sent:])
 
     def _send(self, data: bytes | bytearray | memoryview, fds: list[int]) -> int:
         if fds:
@@ -402,24 +402,21 @@ class Session:
         pending_in = self.pending_in
         monotonic_ns = time.monotonic_ns
         try:
-            for raw in parser.raw_frames():
+            for raw, head, serial, reply_serial in parser.scan(heads):
                 if self.closed:
                     _close_fds(parser.message(raw).fds)
                     continue
-                head = heads.lookup(raw) if heads is not None else None
                 if head is not None and not head.driver:
                     now = monotonic_ns()
                     mtype = head.type
                     latency = None
                     if mtype is MessageType.METHOD_CALL:
                         if not head.no_reply:
-                            serial = _U32[raw[0]](raw, 8)[0]
                             if to_bus:
                                 pending_out[serial] = (now, raw)
                             else:
                                 pending_in[(head.sender, serial)] = (now, raw)
                     elif mtype is not MessageType.SIGNAL:
-                        reply_serial = _U32[raw[0]](raw, head.reply_at)[0]
                         if to_bus:
                             pending = pending_in.pop((head.destination, reply_serial), None)
                         else:
@@ -786,18 +783,11 @@ class Proxy:
             self.after_batch()
 
     def after_batch(self) -> None:
-        """Records of what was just forwarded are encoded once this loop iteration's reads are done."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._encode_records)
-
-    def _encode_records(self) -> None:
-        self._flush_scheduled = False
+        """Records wait, and are encoded and written in bulk, off the forwarding of single messages."""
         recorder = self.recorder
-        recorder.encode()
-        if recorder.buffered >= FLUSH_BYTES:
+        if recorder.backlog >= ENCODE_RECORDS or recorder.backlog_bytes >= ENCODE_BYTES:
             self._write_records()
-        elif self._write_timer is None:
+        elif self._write_timer is None and recorder.backlog:
             self._write_timer = self.loop.call_later(FLUSH_DELAY, self._write_records)
 
     def _write_records(self) -> None:

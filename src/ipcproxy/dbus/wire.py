@@ -78,25 +78,41 @@ def frame_size(head: bytes | bytearray | memoryview) -> int:
 class FrameParser:
     """Accumulates bytes and fds from one direction of a connection and yields whole frames."""
 
-    __slots__ = ("_buf", "_fds", "_need", "max_size")
+    __slots__ = ("_buf", "_fds", "_need", "max_size", "_window")
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buf = bytearray()
         self._fds: deque[int] = deque()
         self._need = 0
         self.max_size = max_size
+        # ``scan`` reads whole frames straight out of the data just fed, when nothing is
+        # buffered before it (no copy into the buffer); the caller's memory is only borrowed
+        # until the next scan, frames, raw_frames or feed, which copy what is left of it.
+        self._window: memoryview | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (len(self._window) if self._window is not None else 0)
 
     def feed(self, data: bytes | bytearray | memoryview, fds: list[int] | None = None) -> None:
-        self._buf += data
+        if self._window is not None:
+            self._settle()
+        if not self._buf and type(data) is memoryview:
+            self._window = data
+        else:
+            self._buf += data
         if fds:
             self._fds.extend(fds)
 
+    def _settle(self) -> None:
+        """Copy borrowed data into the buffer."""
+        if self._window is not None:
+            self._buf += self._window
+            self._window = None
+
     def frames(self) -> Iterator[Message]:
         """Yield every complete message in the buffer; raise FrameError on a malformed one."""
+        self._settle()
         buf = self._buf
         pos = 0
         size = len(buf)
@@ -123,6 +139,7 @@ class FrameParser:
 
     def raw_frames(self) -> Iterator[bytes]:
         """Yield the bytes of every complete frame, checking only its size (see ``message``)."""
+        self._settle()
         buf = self._buf
         pos = 0
         size = len(buf)
@@ -140,6 +157,81 @@ class FrameParser:
         finally:
             if pos:
                 del buf[:pos]
+
+    def scan(self, heads: HeaderCache | None) -> Iterator[tuple[bytes, Header | None, int, int]]:
+        """``raw_frames`` and ``HeaderCache.lookup`` in one pass: (frame, header or None, serial, reply serial).
+
+        The header is None when the frame must be parsed strictly (``message``);
+        the reply serial is 0 for frames without one.
+        """
+        window = self._window
+        buf: bytearray | memoryview
+        if window is not None and not self._buf:
+            self._window = None
+            buf = view = window  # frames are copied straight out of the caller's data
+        else:
+            self._settle()
+            buf = self._buf
+            view = memoryview(buf)  # one copy per frame (a bytearray slice would be two)
+        pos = 0
+        size = len(buf)
+        max_size = self.max_size
+        cache = heads._heads if heads is not None else None
+        try:
+            while size - pos >= FIXED_HEADER:
+                fixed = _FIXED.get(buf[pos])
+                if fixed is None or not 1 <= buf[pos + 1] <= 4 or buf[pos + 3] != 1:
+                    frame_size(bytes(buf[pos : pos + FIXED_HEADER]))  # raises the precise error
+                    raise FrameError("malformed fixed header")  # not reached
+                body_len, serial, fields_len = fixed.unpack_from(buf, pos + 4)
+                end = FIXED_HEADER + fields_len
+                total = end + (-fields_len & 7) + body_len
+                if fields_len > MAX_HEADER_FIELDS or total > MAX_MESSAGE_SIZE:
+                    frame_size(bytes(buf[pos : pos + FIXED_HEADER]))
+                if total > max_size:
+                    raise FrameError(f"message of {total} bytes exceeds the configured limit")
+                if size - pos < total:
+                    break
+                raw = bytes(view[pos : pos + total])
+                pos += total
+                if cache is None or not serial:
+                    yield raw, None, serial, 0
+                    continue
+                at = raw.find(_REPLY_SERIAL_FIELD, FIXED_HEADER, end)
+                if at >= 0:
+                    at += 4
+                    head = cache.get(raw[:4] + raw[FIXED_HEADER:at] + raw[at + 4 : end])
+                    if head is None or head.reply_at != at:
+                        yield raw, None, serial, 0
+                        continue
+                    reply_serial = _U32[raw[0]].unpack_from(raw, at)[0]
+                    if not reply_serial:
+                        yield raw, None, serial, 0
+                        continue
+                else:
+                    head = cache.get(raw[:4] + raw[FIXED_HEADER:end])
+                    if head is None or head.reply_at != -1:
+                        yield raw, None, serial, 0
+                        continue
+                    reply_serial = 0
+                if head.body == BODY_BYTES:
+                    if body_len < 4:
+                        head = None
+                    else:
+                        length = _U32[raw[0]].unpack_from(raw, head.body_at)[0]
+                        if length + 4 != body_len or length > MAX_ARRAY_LENGTH:
+                            head = None
+                elif body_len:
+                    head = None
+                yield raw, head, serial, reply_serial
+        finally:
+            if buf is window:
+                if pos < size:
+                    self._buf += window[pos:]
+            else:
+                view.release()
+                if pos:
+                    del self._buf[:pos]
 
     def message(self, raw: bytes) -> Message:
         """Parse a frame from ``raw_frames`` fully, handing it the fds it announces, as ``frames`` does."""
@@ -499,7 +591,6 @@ class Header:
         "reply_at",
         "no_reply",
         "driver",
-        "shape",
     )
 
     def __init__(self, message: Message, body: int, body_at: int, reply_at: int) -> None:
@@ -517,7 +608,6 @@ class Header:
         self.reply_at = reply_at  # offset of the REPLY_SERIAL value in the frame, or -1
         self.no_reply = bool(message.flags & 1)
         self.driver = BUS_DRIVER_NAME in (message.sender, message.destination)
-        self.shape: Any = None  # the recorder's pre-encoded record fragments
 
 
 def _reply_serial_at(raw: bytes) -> int:

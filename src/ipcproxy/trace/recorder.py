@@ -44,17 +44,19 @@ class Recorder:
         self.seq = 0
         self.written = 0
         self._pending: list[tuple[Any, ...]] = []
+        self.backlog_bytes = 0  # frame bytes held by the fast path's pending records
         self._epoch_ns = time.time_ns() - time.monotonic_ns()
         self._lines = records.LineEncoder(self._epoch_ns)
+        self._formats: dict[tuple[Any, ...], records.FrameFormat] = {}
 
     @property
     def active(self) -> bool:
         return bool(self.sinks) or self.live is not None
 
     @property
-    def buffered(self) -> int:
-        """Encoded bytes waiting in the sinks for the next ``flush``."""
-        return sum(getattr(sink, "buffered", 0) for sink in self.sinks)
+    def backlog(self) -> int:
+        """Records waiting to be encoded."""
+        return len(self._pending)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -104,6 +106,7 @@ class Recorder:
         self.seq = seq = self.seq + 1
         if self.sinks or self.live is not None:
             self._pending.append((seq, ts_ns, raw, head, direction, connection, client, latency_ns))
+            self.backlog_bytes += len(raw)
         return seq
 
     def event(self, event: str, **fields: Any) -> int:
@@ -128,83 +131,97 @@ class Recorder:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        self.backlog_bytes = 0
         if self.live is None and self.sinks and all(_takes_lines(sink) for sink in self.sinks):
             self._encode_lines(pending)
         else:
             self._encode_records(pending)
 
     # -- every sink writes JSON lines: encode from fragments
+    def _frame_format(
+        self, head: wire.Header, direction: str, conn: int | None, client: Endpoint | None
+    ) -> records.FrameFormat:
+        name = head.sender
+        sender = client if name is None and direction == "to_bus" and client is not None else self.resolve(name)
+        name = head.destination
+        dest = client if name is None and direction == "from_bus" and client is not None else self.resolve(name)
+        lines = self._lines
+        sender_json = lines.endpoint(sender)
+        dest_json = lines.endpoint(dest)
+        hex_args = self.decode_args and head.body == wire.BODY_BYTES
+        key = (head, direction, conn, sender_json, dest_json, hex_args)
+        found = self._formats.get(key)
+        if found is None:
+            if len(self._formats) > 8192:
+                self._formats.clear()
+            found = self._formats[key] = records.FrameFormat(
+                int(head.type),
+                head.path,
+                head.interface,
+                head.member,
+                head.error_name,
+                head.destination,
+                head.signature,
+                head.flags,
+                head.reply_at >= 0,
+                hex_args,
+                sender_json,
+                dest_json,
+                direction,
+                conn,
+            )
+        return found
+
     def _encode_lines(self, pending: list[tuple[Any, ...]]) -> None:
         lines = self._lines
         endpoint = lines.endpoint
-        resolve = self.resolve
         decode = self.decode_args
         writers: list[Any] = self.sinks
-        out = writers[0].write_bytes if len(writers) == 1 else None
         chunks: list[bytes] = []
         add = chunks.append
         hexlify = binascii.hexlify
+        body_bytes = wire.BODY_BYTES
+        # Endpoints are resolved once per batch for each kind of frame on each connection:
+        # the directory does not change while a batch is encoded.
+        memo: dict[tuple[Any, ...], records.FrameFormat] = {}
+        epoch = lines.epoch_ns
+        last_second = -1
+        second_text = b""
         for item in pending:
-            n = len(item)
-            if n == 8:  # a frame of the fast path
+            if len(item) == 8:  # a frame of the fast path
                 seq, ts, raw, head, direction, conn, client, latency = item
-                shape = head.shape
-                if shape is None or (conn is None) != (shape[1] is None):
-                    shape = head.shape = (
-                        lines.shape(
-                            "dbus",
-                            int(head.type),
-                            head.path,
-                            head.interface,
-                            head.member,
-                            head.error_name,
-                            head.destination,
-                            head.signature,
-                            0,
-                            head.flags,
-                            head.reply_at >= 0,
-                            conn is not None,
-                        ),
-                        conn,
-                    )
-                fmt = shape[0]
-                name = head.sender
-                sender = client if name is None and direction == "to_bus" and client is not None else resolve(name)
-                name = head.destination
-                dest = client if name is None and direction == "from_bus" and client is not None else resolve(name)
+                key = (head, direction, conn, id(client))
+                fmt = memo.get(key)
+                if fmt is None:
+                    fmt = memo[key] = self._frame_format(head, direction, conn, client)
+                second, ns = divmod(epoch + ts, 1_000_000_000)
+                if second != last_second:
+                    last_second = second
+                    second_text = lines.second_text(second)
                 unpack = _SERIAL[raw[0]]
                 values: tuple[Any, ...]
-                if head.reply_at >= 0:
-                    values = (
-                        seq,
-                        ts,
-                        lines.time(ts),
-                        unpack(raw, 8)[0],
-                        unpack(raw, head.reply_at)[0],
-                        endpoint(sender),
-                        endpoint(dest),
-                    )
+                if fmt.has_reply_serial:
+                    values = (seq, ts, second_text, ns // 1000, unpack(raw, 8)[0], unpack(raw, head.reply_at)[0])
                 else:
-                    values = (seq, ts, lines.time(ts), unpack(raw, 8)[0], endpoint(sender), endpoint(dest))
-                tail_values: tuple[Any, ...] = (
-                    len(raw),
-                    b'"forwarded"',
-                    b'"to_bus"' if direction == "to_bus" else lines.string(direction),
-                )
-                if conn is not None:
-                    tail_values += (conn,)
-                tail_values += (b"" if latency is None else b',"latency_ns":%d' % latency,)
-                if decode and head.body == wire.BODY_BYTES:
+                    values = (seq, ts, second_text, ns // 1000, unpack(raw, 8)[0])
+                if decode and head.body == body_bytes:
                     hexed = hexlify(memoryview(raw)[head.body_at + 4 :])
-                    if len(hexed) > _BIG_ARGS:
-                        add(fmt.head_fmt % values + b'["')
+                    if len(hexed) > _BIG_ARGS:  # a chunk of its own: no copy into the line
+                        add(fmt.prefix % values + b'["')
                         add(hexed)
-                        add(b'"]' + fmt.tail_fmt % tail_values)
-                    else:
-                        add(fmt.head_fmt % values + b'["' + hexed + b'"]' + fmt.tail_fmt % tail_values)
+                        if latency is None:
+                            add(b'"]' + fmt.suffix % len(raw))
+                        else:
+                            add(b'"]' + fmt.suffix_latency % (len(raw), latency))
+                        continue
+                    values += (hexed, len(raw))
                 else:
-                    add(fmt.head_fmt % values + b"[]" + fmt.tail_fmt % tail_values)
-            elif n == 4:
+                    values += (len(raw),)
+                if latency is None:
+                    add(fmt.line % values)
+                else:
+                    add(fmt.line_latency % (*values, latency))
+            elif len(item) == 4:
                 seq, ts, event, fields = item
                 record = records.event_record(seq=seq, ts_ns=ts, time=lines.wall(ts), event=event, **fields)
                 add(records._encode(record) + b"\n")
@@ -221,29 +238,26 @@ class Recorder:
                     sender = self._endpoint_for(message.sender, client, direction == "to_bus")
                 if destination is None:
                     destination = self._endpoint_for(message.destination, client, direction == "from_bus")
-                fmt = lines.shape_of(message, conn is not None)
+                shape = lines.shape_of(message, conn is not None)
                 values = (seq, ts, lines.time(ts), message.serial)
                 if message.reply_serial is not None:
                     values += (message.reply_serial,)
                 values += (endpoint(sender), endpoint(destination))
-                tail_values = (len(message.raw), lines.verdict(verdict), lines.string(direction))
+                tail_values: tuple[Any, ...] = (len(message.raw), lines.verdict(verdict), lines.string(direction))
                 if conn is not None:
                     tail_values += (conn,)
                 tail_values += (lines.tail(latency, args_error),)
                 if len(args) > _BIG_ARGS:
-                    add(fmt.head_fmt % values)
+                    add(shape.head_fmt % values)
                     add(args)
-                    add(fmt.tail_fmt % tail_values)
+                    add(shape.tail_fmt % tail_values)
                 else:
-                    add(fmt.head_fmt % values + args + fmt.tail_fmt % tail_values)
+                    add(shape.head_fmt % values + args + shape.tail_fmt % tail_values)
         self.written += len(pending)
-        if out is not None:
+        for writer in writers:
+            write = writer.write_bytes
             for chunk in chunks:
-                out(chunk)
-        else:
-            for writer in writers:
-                for chunk in chunks:
-                    writer.write_bytes(chunk)
+                write(chunk)
 
     # -- some sink wants record dicts (pcap, a live view)
     def _encode_records(self, pending: list[tuple[Any, ...]]) -> None:

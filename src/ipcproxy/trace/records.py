@@ -167,13 +167,17 @@ class LineEncoder:
         self._second = -1
         self._second_text = b""
 
-    def time(self, ts_ns: int) -> bytes:
-        """The record's ``time`` (ISO 8601, UTC, microseconds) for a monotonic timestamp."""
-        second, ns = divmod(self.epoch_ns + ts_ns, 1_000_000_000)
+    def second_text(self, second: int) -> bytes:
+        """``YYYY-MM-DDTHH:MM:SS`` of a wall-clock second."""
         if second != self._second:
             self._second = second
             self._second_text = iso_now(float(second))[:-8].encode()
-        return b"%b.%06dZ" % (self._second_text, ns // 1000)
+        return self._second_text
+
+    def time(self, ts_ns: int) -> bytes:
+        """The record's ``time`` (ISO 8601, UTC, microseconds) for a monotonic timestamp."""
+        second, ns = divmod(self.epoch_ns + ts_ns, 1_000_000_000)
+        return b"%b.%06dZ" % (self.second_text(second), ns // 1000)
 
     def wall(self, ts_ns: int) -> str:
         return self.time(ts_ns).decode()
@@ -268,3 +272,70 @@ class LineEncoder:
         if args_error is not None:
             out += b',"args_error":' + _encode(args_error)
         return out
+
+
+class FrameFormat:
+    """Everything constant in the records of one kind of forwarded frame on one connection.
+
+    Sender, destination, direction, connection and the header facts are baked
+    in; what is left per record is seq, ts, time, serials, arguments, size and
+    latency. ``body`` says how arguments go in: none (``[]``), or one hex string.
+    """
+
+    __slots__ = ("has_reply_serial", "line", "line_latency", "prefix", "suffix", "suffix_latency")
+
+    def __init__(
+        self,
+        mtype: int,
+        path: str | None,
+        interface: str | None,
+        member: str | None,
+        error_name: str | None,
+        destination_name: str | None,
+        signature: str,
+        flags: int,
+        has_reply_serial: bool,
+        hex_args: bool,
+        sender: bytes,
+        destination: bytes,
+        direction: str,
+        connection: int | None,
+    ) -> None:
+        e = _encode
+        self.has_reply_serial = has_reply_serial
+        self.prefix = (
+            b'{"seq":%d,"ts":%d,"time":"%b.%06dZ","transport":"dbus","type":'
+            + _fmt_const(e(_TYPE_NAMES[mtype]))
+            + (b',"serial":%d,"reply_serial":%d' if has_reply_serial else b',"serial":%d,"reply_serial":null')
+            + _fmt_const(
+                b',"sender":'
+                + sender
+                + b',"destination":'
+                + destination
+                + b',"path":'
+                + e(path)
+                + b',"interface":'
+                + e(interface)
+                + b',"member":'
+                + e(member)
+                + b',"error_name":'
+                + e(error_name)
+                + b',"signature":'
+                + e(signature)
+                + b',"args":'
+            )
+        )
+        rest = _fmt_const(
+            b',"fds":0,"flags":'
+            + b"%d" % flags
+            + b',"verdict":"forwarded","direction":'
+            + e(direction)
+            + b',"connection":'
+            + (b"null" if connection is None else b"%d" % connection)
+            + (b',"destination_name":' + e(destination_name) if destination_name is not None else b"")
+        )
+        self.suffix = b',"size":%d' + rest + b"}\n"
+        self.suffix_latency = b',"size":%d' + rest + b',"latency_ns":%d}\n'
+        args = b'["%b"]' if hex_args else b"[]"
+        self.line = self.prefix + args + self.suffix
+        self.line_latency = self.prefix + args + self.suffix_latency
