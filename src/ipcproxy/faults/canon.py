@@ -41,6 +41,7 @@ class Sent:
     fate: str = "forwarded"
     fault: dict[str, Any] | None = None  # the injector's notes, when a fault acted on it
     injected: bool = False  # made by the proxy (an injected error), not by the sender
+    copies: int = 1  # deliveries to each receiver (a duplicate fault makes it more)
     workload: bool = False  # sent once the workload had started
 
     def header_key(self) -> tuple[Any, ...]:
@@ -207,6 +208,7 @@ def canonical(records: Iterable[dict[str, Any]]) -> Canon:
                 existing.receivers.add(receiver)
             if fault is not None and existing.fault is None:
                 existing.fault, existing.fate = fault, fate
+                existing.copies = int(vdict.get("copies", 1)) if fate == "duplicated" else 1
             continue
         msg = Sent(
             seq=seq,
@@ -224,6 +226,7 @@ def canonical(records: Iterable[dict[str, Any]]) -> Canon:
             fault=fault,
             injected=injected,
             workload=start is not None and seq > start,
+            copies=int(vdict.get("copies", 1)) if fate == "duplicated" else 1,
         )
         if fault is not None and "original_args" in fault:
             fault = dict(fault)

@@ -171,9 +171,11 @@ def learn(goldens: list[Canon], results: list[dict[str, Any]]) -> Envelope:
 
 def received_calls(canon: Canon, component: str) -> Counter[Call]:
     """How many calls of each method reached the component."""
-    return Counter(
-        (m.interface, m.member) for m in canon.messages if m.type == "method_call" and component in m.receivers
-    )
+    got: Counter[Call] = Counter()
+    for m in canon.messages:
+        if m.type == "method_call" and component in m.receivers:
+            got[(m.interface, m.member)] += m.copies
+    return got
 
 
 def _reply_slack(model: ComponentModel, canon: Canon, comp: str) -> tuple[Counter[Call], Counter[Call]]:

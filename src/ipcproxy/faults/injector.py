@@ -117,9 +117,9 @@ class FaultInjector:
         if self._start is None:
             self._start = self._clock()
         self.owned.observe(ctx)
+        if ctx.client.bus_name:
+            self.proxied.add(ctx.client.bus_name)
         if ctx.direction is Direction.TO_BUS:
-            if ctx.client.bus_name:
-                self.proxied.add(ctx.client.bus_name)
             key = (ctx.client.bus_name or f"#{ctx.connection_id}", msg.serial)
             decision = self._decide(ctx)
             self._remember(key, decision)

@@ -116,7 +116,9 @@ def classify(env: Envelope, canon: Canon, result: dict[str, Any]) -> Verdict:
     elif any("timeout" in str(v.get("run")) for v in sdiff.values()):
         out.outcome, out.detail = "hang", "a state probe got no answer"
     elif sdiff:
-        out.outcome, out.detail = "state-corruption", f"{len(sdiff)} state value(s) differ from golden"
+        failed = [f"{k[: -len('/error')]}: {v['run']}" for k, v in sdiff.items() if k.endswith("/error")]
+        out.outcome = "state-corruption"
+        out.detail = f"state probe failed: {failed[0]}" if failed else f"{len(sdiff)} state value(s) differ from golden"
     else:
         golden_errors: Counter[str] = Counter()
         for g in env.goldens:
