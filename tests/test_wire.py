@@ -11,6 +11,8 @@ import struct
 from typing import Any
 
 import pytest
+from dbus_fast import Variant
+from dbus_fast.signature import SignatureType, get_signature_tree
 
 from ipcproxy.dbus import wire
 from ipcproxy.dbus.wire import (
@@ -100,6 +102,9 @@ class Writer:
             inner, value = v
             self.put("g", inner)
             self.put(inner, value)
+        elif t == "ay" and isinstance(v, bytes | bytearray):
+            self.pad(4)
+            self.buf += struct.pack(self.e + "I", len(v)) + v
         elif c == "a":
             self.pad(4)
             at = len(self.buf)
@@ -116,6 +121,24 @@ class Writer:
                 self.put(sub, value)
         else:
             raise ValueError(t)
+
+
+def plain(t: SignatureType, v: Any) -> Any:
+    """dbus-fast values as test_wire.Writer wants them (variants as (signature, value))."""
+    if t.token == "v":
+        assert isinstance(v, Variant)
+        return (v.signature, plain(get_signature_tree(v.signature).types[0], v.value))
+    if t.token == "a":
+        child = t.children[0]
+        if child.token == "y":
+            return bytes(v)
+        if child.token == "{":
+            k, val = child.children
+            return {plain(k, a): plain(val, b) for a, b in v.items()}
+        return [plain(child, x) for x in v]
+    if t.token == "(":
+        return [plain(c, x) for c, x in zip(t.children, v, strict=True)]
+    return v
 
 
 Field = tuple[int, str, Any]
@@ -488,6 +511,18 @@ MALFORMED: dict[str, bytes] = {
     "error name with type u": frame("B", 3, 1, [(ERROR_NAME, "u", 3), (REPLY_SERIAL, "u", 1)]),
     "struct in body overruns": frame("l", 1, 1, call_fields(signature="(us)"), raw_body=b"\x01\0\0\0\x09\0\0\0ab\0"),
     "variant with bad signature": frame("l", 1, 1, call_fields(signature="v"), raw_body=b"\x01!\0\0\0\0\0\0"),
+    # each of these once crashed the process (dbus-fast's compiled decoder), not just the parser
+    "variant with empty signature": frame("l", 1, 1, call_fields(signature="v"), raw_body=b"\0\0\0\0\0\0\0\0"),
+    "empty variant signature in a{sv}": frame(
+        "B", 1, 1, call_fields(signature="a{sv}"), raw_body=b"\0\0\0\x0c\0\0\0\0\0\0\0\x01k\0\0s\0\0\0\0\0"
+    ),
+    "empty variant signature in header": _set_byte(frame("l", 1, 1, [(0x30, "y", 0), *call_fields()]), 18, ord("v")),
+    "byte array length wraps 32 bits": frame("l", 1, 1, call_fields(signature="ay"), raw_body=b"\xff\xff\xff\xffabcd"),
+    "string length wraps 32 bits": frame("B", 1, 1, call_fields(signature="s"), raw_body=b"\xff\xff\xff\xf0abc\0"),
+    "header string length wraps 32 bits": patch_u32(GOOD, 20, 0xFFFFFFFF),
+    "nested string length wraps": frame(
+        "l", 1, 1, call_fields(signature="as"), raw_body=b"\x0c\0\0\0\xfe\xff\xff\xffabc\0"
+    ),
 }
 
 # Invalid, but only in ways the proxy need not judge: the bus rejects them and

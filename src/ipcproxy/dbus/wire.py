@@ -270,6 +270,16 @@ def parse_message(raw: bytes) -> Message:
     if total != len(raw):
         raise FrameError("frame length does not match its header")
     fields_len = _U32[raw[0]].unpack_from(raw, 12)[0]
+    # dbus-fast's compiled decoder crashes on two things (see _guard_lengths): a variant with
+    # an empty signature (possible only where a signature, in or just past the header, has a
+    # "v"), and a length of 0xF7000000 or more (the top byte of an aligned u32; scanning for
+    # it costs more than walking a large frame)
+    if (
+        len(raw) > _SCAN_LIMIT
+        or raw.find(b"v", FIXED_HEADER, FIXED_HEADER + fields_len + 264) >= 0
+        or len((raw[19::4] if raw[0] == 108 else raw[16::4]).translate(None, _LOW_BYTES))
+    ):
+        _guard_lengths(raw)
     try:
         fast = _unmarshal(raw)
     except Exception as exc:  # dbus-fast raises several unrelated types on bad input
@@ -323,6 +333,157 @@ def parse_message(raw: bytes) -> Message:
 
 
 _SIGNATURE_FIELD = b"\x08\x01g\x00"
+_LOW_BYTES = bytes(range(0xF7))
+_SCAN_LIMIT = 4096
+_MAX_DEPTH = 64  # dbus-fast's container depth limit
+
+
+def _guard_lengths(raw: bytes) -> None:
+    """Reject a frame that would crash dbus-fast's compiled decoder (a segfault, not an exception).
+
+    dbus-fast keeps its read position in a 32-bit unsigned int: a string or byte
+    array whose length is close to 2**32 wraps it around, its bounds check
+    passes, and it reads gigabytes past the frame. And a variant with an empty
+    signature makes it look up a reader for a NULL type. This walks the frame
+    along the same path dbus-fast takes (its header walk included) with Python
+    integers, and raises FrameError where dbus-fast would crash (or fail). It
+    runs only for frames that hold such a large u32 or may hold a variant.
+    """
+    u32 = _U32[raw[0]]
+    end = len(raw)
+    body_len, _serial, header_len = _FIXED[raw[0]].unpack_from(raw, 4)
+    pos = 12  # dbus-fast counts the header array from its length field
+    signature: Any = None
+    try:
+        while pos - 12 < header_len:
+            pos += (-pos & 7) + 1
+            code = raw[pos - 1]
+            sig_len = raw[pos]
+            start = pos + 1
+            pos += sig_len + 2
+            if code == UNIX_FDS:
+                continue  # dbus-fast skips its value by the next field's alignment
+            token = raw[start]
+            value: Any = None
+            if token == 0x6F or token == 0x73:  # o, s
+                pos, value = _guard_string(raw, pos, u32, end)
+            elif token == 0x67:  # g
+                value = raw[pos + 1 : pos + 1 + raw[pos]].decode()
+                pos += raw[pos] + 2
+            else:
+                text = raw[start : start + sig_len].decode()
+                if len(text) != 1:
+                    raise FrameError(f"header field {code} has unsupported type {text!r}")
+                pos = _guard_value(raw, pos, get_signature_tree(text).root_type, u32, end, 0)
+            if pos > end:
+                raise FrameError("header field overruns the frame")
+            if code == SIGNATURE:
+                signature = value
+        if not body_len:
+            return
+        if type(signature) is not str or not signature:
+            raise FrameError("message has a body but no signature")
+        pos += -pos & 7
+        for t in get_signature_tree(signature).types:
+            pos = _guard_value(raw, pos, t, u32, end, 0)
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, FrameError):
+            raise
+        raise FrameError(f"malformed message: {type(exc).__name__}: {exc}") from None
+
+
+def _guard_string(raw: bytes, pos: int, u32: struct.Struct, end: int) -> tuple[int, str | None]:
+    pos += -pos & 3
+    length = u32.unpack_from(raw, pos)[0]
+    pos += 5 + length
+    if pos > end:
+        raise FrameError(f"string of {length} bytes overruns the frame")
+    return pos, raw[pos - 1 - length : pos - 1].decode(errors="replace")
+
+
+_WIDTHS = {ord(c): w for c, w in _FIXED_SIZES.items()}
+
+
+def _guard_value(raw: bytes, pos: int, t: SignatureType, u32: struct.Struct, end: int, depth: int) -> int:
+    """dbus-fast's reader for ``t``, positions only; returns where it stops."""
+    tok = t.token
+    if tok == "s" or tok == "o":
+        pos += -pos & 3
+        length = u32.unpack_from(raw, pos)[0]
+        pos += 5 + length
+        if pos > end:
+            raise FrameError(f"string of {length} bytes overruns the frame")
+        return pos
+    if tok == "g":
+        return pos + 2 + raw[pos]
+    if tok in _FIXED_SIZES:
+        width = _FIXED_SIZES[tok]
+        return pos + (-pos & (width - 1)) + width
+    depth += 1
+    if depth > _MAX_DEPTH:
+        raise FrameError("containers nested too deeply")
+    if tok == "v":
+        sig_len = raw[pos]
+        if sig_len == 1:
+            code = raw[pos + 1]
+            pos += 3
+            if code == 0x73 or code == 0x6F:  # s, o: the common case, inline
+                pos += -pos & 3
+                length = u32.unpack_from(raw, pos)[0]
+                pos += 5 + length
+                if pos > end:
+                    raise FrameError(f"string of {length} bytes overruns the frame")
+                return pos
+            width = _WIDTHS.get(code)
+            if width:
+                return pos + (-pos & (width - 1)) + width
+            inner = chr(code)
+        elif sig_len == 0:
+            raise FrameError("variant with an empty signature")
+        else:
+            inner = raw[pos + 1 : pos + 1 + sig_len].decode()
+            pos += sig_len + 2
+        if pos > end:
+            raise FrameError("variant signature overruns the frame")
+        return _guard_value(raw, pos, get_signature_tree(inner).root_type, u32, end, depth)
+    if tok == "(" or tok == "{":
+        pos += -pos & 7
+        for child in t.children:
+            pos = _guard_value(raw, pos, child, u32, end, depth)
+        return pos
+    # an array
+    pos += -pos & 3
+    length = u32.unpack_from(raw, pos)[0]
+    pos += 4
+    child = t.children[0]
+    ctok = child.token
+    if ctok in ("x", "t", "d", "{", "("):
+        pos += -pos & 7
+    if length > end - pos:
+        raise FrameError(f"array of {length} bytes overruns the frame")
+    if ctok in _FIXED_SIZES:  # read element by element, each one bounds-checked
+        width = _FIXED_SIZES[ctok]
+        return pos + -(-length // width) * width
+    begin = pos
+    if ctok == "{":
+        key, value = child.children
+        string_keys = key.token == "s" or key.token == "o"
+        while pos - begin < length:
+            pos += -pos & 7
+            if string_keys:  # a{sv} and the like: the common case, inline
+                size = u32.unpack_from(raw, pos)[0]
+                pos += 5 + size
+                if pos > end:
+                    raise FrameError(f"string of {size} bytes overruns the frame")
+            else:
+                pos = _guard_value(raw, pos, key, u32, end, depth)
+            pos = _guard_value(raw, pos, value, u32, end, depth)
+        return pos
+    while pos - begin < length:
+        pos = _guard_value(raw, pos, child, u32, end, depth)
+    return pos
+
+
 _ALIGNMENT = {**_FIXED_SIZES, "s": 4, "o": 4, "g": 1, "a": 4, "(": 8, "{": 8, "v": 1}
 
 
