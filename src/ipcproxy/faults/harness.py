@@ -81,18 +81,14 @@ class RunResult:
         return cls(**data)
 
 
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
 def command_argv(command: str, env: dict[str, str]) -> list[str]:
     """A simple command runs directly (so its own exit status is seen); anything else via sh -c."""
     if _SHELL_CHARS.search(command):
         return ["/bin/sh", "-c", command]
-    saved = os.environ.copy()
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return [os.path.expandvars(word) for word in shlex.split(command)]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return [_VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), word) for word in shlex.split(command)]
 
 
 class ProbePoint:
