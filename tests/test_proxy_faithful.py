@@ -667,9 +667,13 @@ def test_every_message_once_in_order_with_driver_messages_and_signals(any_bus: A
     assert client.reply_to(call).args == ["ho"]
     client.recv(lambda m: m.member == "Broadcast", "broadcast signal")
     client.recv(lambda m: m.member == "Unicast", "unicast signal")
+    # records are resolved to components when written: let them be written while the name is owned
+    wait_for(lambda: any(r.get("member") == "Unicast" for r in proxy.records()), what="the unicast signal's record")
+    service.close()  # the client watches the name: it is told the owner went away
+    gone = client.recv(lambda m: m.member == "NameOwnerChanged" and m.args[2] == "", "NameOwnerChanged (lost)")
+    assert gone.args[:2] == ["org.example.Order", service.name]
     client.driver("GetId")  # everything the bus sent before this reply has arrived
     client.close()
-    service.close()
     wait_for(lambda: any(r.get("event") == "disconnect" for r in proxy.records()), what="the disconnect")
     proxy.stop()
     records = proxy.records()
