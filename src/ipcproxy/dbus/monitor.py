@@ -46,6 +46,8 @@ READ_SIZE = 4 * 1024 * 1024  # one recv can take everything the kernel holds for
 READS_PER_WAKEUP = 16  # then yield to the loop, so the resolver and signals get a turn
 FLUSH_BYTES = 4 * 1024 * 1024  # write the trace at least this often under load...
 FLUSH_INTERVAL = 0.05  # ...and within this many seconds when traffic is light
+SETTLE_QUIET = 0.1  # on SIGINT/SIGTERM, read on until the bus has sent nothing for this long...
+SETTLE_LIMIT = 5.0  # ...or this many seconds have passed
 MAX_PENDING_CALLS = 1 << 16  # calls remembered for reply latency; the oldest are forgotten
 ANCILLARY = socket.CMSG_SPACE(wire.MAX_UNIX_FDS * 4)
 MONITORING_INTERFACE = "org.freedesktop.DBus.Monitoring"
@@ -194,7 +196,7 @@ def become_monitor(link: Link, rules: list[str]) -> str | None:
 
 def _error_text(message: Message) -> str:
     try:
-        return str(message.args[0]) if message.args else ""
+        return " ".join(str(message.args[0]).split()) if message.args else ""  # one line, as errors must be
     except wire.FrameError:
         return ""
 
@@ -220,6 +222,7 @@ class Monitor:
         self._unflushed = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._reading = False
+        self._last_read = 0.0  # loop time of the last read that brought data
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -244,6 +247,7 @@ class Monitor:
                 return
             self.link.parser.feed(data, fds)
             self._unflushed += len(data)
+            self._last_read = self.loop.time()
             if not self._pump():
                 return
             if self._unflushed >= FLUSH_BYTES:
@@ -319,6 +323,23 @@ class Monitor:
             self._flush_timer = None
         self._unflushed = 0
         self.recorder.flush()
+
+    async def settle(self) -> None:
+        """Before stopping, take in what the bus has already queued for us: read until it goes quiet.
+
+        The bus captured every message up to now, but may still hold some for
+        us when we are behind; they stream in without a pause until its queue
+        is empty. Bounded by SETTLE_LIMIT; a second signal stops at once.
+        """
+        loop = self.loop
+        deadline = loop.time() + SETTLE_LIMIT
+        while not self.done.is_set():
+            quiet = loop.time() - self._last_read
+            if quiet >= SETTLE_QUIET or loop.time() >= deadline:
+                break
+            await asyncio.sleep(SETTLE_QUIET - quiet)
+        self.drain()
+        self.done.set()
 
     def drain(self) -> None:
         """Take what the kernel already holds for us, without waiting for more (on a clean stop)."""
@@ -553,11 +574,18 @@ async def _monitor(
         raise UsageError(f"cannot connect to the bus at {address}: {exc or type(exc).__name__}") from None
     try:
         link = connect(address)
-        refusal = become_monitor(link, rules)
     except SetupError as exc:
         resolver.stop()
         raise UsageError(str(exc)) from None
+    try:
+        refusal = become_monitor(link, rules)
+    except (SetupError, OSError, wire.FrameError) as exc:
+        link.sock.close()
+        resolver.stop()
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise UsageError(f"cannot monitor the bus at {address}: {detail}") from None
     except BaseException:
+        link.sock.close()
         resolver.stop()
         raise
     capture = "BecomeMonitor" if refusal is None else "eavesdrop"
@@ -577,13 +605,24 @@ async def _monitor(
         resolver.stop()
         raise
     monitor = Monitor(loop, link, recorder, directory, ignore)
-    recorder.event("monitor_start", bus=address, capture=capture, match=rules, unique_name=link.unique_name)
+    recorder.event(
+        "monitor_start",
+        bus=address,
+        capture=capture,
+        match=rules,
+        unique_name=link.unique_name,
+        resolver=resolver.bus.unique_name if resolver.bus is not None else None,
+    )
+    recorder.flush()  # the start record tells a reader of the trace that capture has begun
     stop_reason: list[str] = []
 
     def request_stop(reason: str) -> None:
+        if stop_reason:  # a second signal: stop now
+            monitor.drain()
+            monitor.done.set()
+            return
         stop_reason.append(reason)
-        monitor.drain()
-        monitor.done.set()
+        asyncio.ensure_future(monitor.settle())
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop, f"signal {signal.Signals(sig).name}")
