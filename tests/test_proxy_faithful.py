@@ -65,6 +65,7 @@ class RawClient:
                 raise AssertionError("connection closed during authentication")
             auth.feed(data)
         self.unix_fd = auth.unix_fd
+        self.guid = auth.guid
         self.parser = FrameParser()
         self.tx = bytearray()  # every byte sent after authentication
         self.rx = bytearray(auth.leftover)  # every byte received after authentication
@@ -168,10 +169,15 @@ class RawClient:
 
 
 class TapConn:
-    def __init__(self) -> None:
+    def __init__(self, toward_proxy: socket.socket) -> None:
         self.c2s = bytearray()
         self.s2c = bytearray()
         self.closed = threading.Event()
+        self.toward_proxy = toward_proxy
+
+    def inject(self, data: bytes) -> None:
+        """Send the proxy bytes as if the bus had sent them (only while the bus is quiet)."""
+        self.toward_proxy.sendall(data)
 
     @property
     def messages_out(self) -> bytes:
@@ -214,7 +220,7 @@ class Tap:
                 return
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self.target)
-            conn = TapConn()
+            conn = TapConn(client)
             self.conns.append(conn)
             t = threading.Thread(target=self._relay, args=(client, upstream, conn), daemon=True)
             self._threads.append(t)
@@ -698,6 +704,99 @@ def test_every_message_once_in_order_with_driver_messages_and_signals(any_bus: A
     for r in mine:
         if r.get("direction") == "from_bus" and r["type"] in ("method_return", "error"):
             assert by_serial[r["reply_serial"]] < r["seq"], "a reply was recorded before its call"
+
+
+# ---------------------------------------------------------------- authentication as real clients do it
+
+
+def test_pipelined_and_step_by_step_authentication(any_bus: Any, proxy_factory: Any) -> None:
+    proxy = proxy_factory(any_bus.address)
+    hello = frame(
+        "l",
+        1,
+        1,
+        [
+            (PATH, "o", "/org/freedesktop/DBus"),
+            (MEMBER, "s", "Hello"),
+            (INTERFACE, "s", DRIVER),
+            (DESTINATION, "s", DRIVER),
+        ],
+    )
+    uid = str(os.geteuid()).encode().hex().encode()
+    # sd-bus: everything, and the first message, in one write (what xdg-dbus-proxy 0.1.4 cannot take)
+    sd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sd.settimeout(10)
+    sd.connect(socket_path(proxy.address))
+    sd.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n" + hello)
+    # libdbus: one line at a time, waiting for each answer
+    lib = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lib.settimeout(10)
+    lib.connect(socket_path(proxy.address))
+    lib.sendall(b"\0")
+    lib.sendall(b"AUTH EXTERNAL\r\n")
+    assert lib.recv(100) == b"DATA\r\n"
+    lib.sendall(b"DATA " + uid + b"\r\n")
+    assert lib.recv(100).startswith(b"OK ")
+    lib.sendall(b"NEGOTIATE_UNIX_FD\r\n")
+    assert lib.recv(100) == b"AGREE_UNIX_FD\r\n"
+    lib.sendall(b"BEGIN\r\n")
+    lib.sendall(hello)
+    guids = set()
+    for sock, auth_lines in ((sd, 2), (lib, 0)):
+        data = b""
+        parser = FrameParser()
+        while True:
+            chunk = sock.recv(65536)
+            assert chunk, "the proxy closed the connection"
+            data += chunk
+            if auth_lines:
+                if data.count(b"\r\n") < auth_lines:
+                    continue
+                head, _, data = data.partition(b"AGREE_UNIX_FD\r\n")
+                assert head.startswith(b"OK ")
+                guids.add(head[3:].strip())
+                auth_lines = 0
+            parser.feed(data)
+            data = b""
+            got = [m for m in parser.frames() if m.reply_serial == 1]
+            if got:
+                assert got[0].type is MessageType.METHOD_RETURN and got[0].args[0].startswith(":")
+                break
+        sock.close()
+    # both are told the real bus's GUID
+    direct = RawClient(any_bus.address)
+    assert guids == {(direct.guid or "").encode()}
+    direct.close()
+
+
+# ---------------------------------------------------------------- bad input from the bus side
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"x" * 16, b"l\x02\x00\x01" + (200 << 20).to_bytes(4, "little") + b"\x01\0\0\0\x08\0\0\0"],
+    ids=["bad-endianness", "announces-200-MiB"],
+)
+def test_malformed_frame_from_the_bus_closes_only_that_session(tap: Tap, proxy_factory: Any, garbage: bytes) -> None:
+    proxy = proxy_factory(tap.address)
+    victim = RawClient(proxy.address)
+    victim.hello()
+    victim.driver("GetId")
+    other = RawClient(proxy.address)
+    other.hello()
+    (conn,) = [c for c in tap.conns if c.messages_out == bytes(victim.tx)]
+    conn.inject(garbage)
+    assert victim.wait_closed()
+    assert other.driver("GetId").args
+    assert proxy.proc.poll() is None
+    other.close()
+    assert proxy.stop() == 0
+    records = proxy.records()
+    conn_id = connection_of(records, victim.name or "")
+    bad = [r for r in records if r.get("event") == "malformed" and r["connection"] == conn_id]
+    assert len(bad) == 1 and bad[0]["side"] == "bus"
+    (gone,) = [r for r in records if r.get("event") == "disconnect" and r["connection"] == conn_id]
+    assert "malformed message from the bus" in gone["reason"]
 
 
 # ---------------------------------------------------------------- (h) the bus vanishes
