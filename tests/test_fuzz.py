@@ -450,3 +450,103 @@ def test_printable_garbage_never_authenticates() -> None:
         except AuthError:
             continue
         assert not auth.done
+
+
+# ---------------------------------------------------------------- the proxy's fast path agrees with the strict parser
+
+
+def _fast_path_seeds() -> list[bytes]:
+    """Frames whose headers the fast path remembers: no body, or one byte array; both byte orders."""
+    out: list[bytes] = []
+    for endian in ("l", "B"):
+        out.append(frame(endian, 1, 3, [*_echo_fields("ay"), (SENDER, "s", ":1.4")], "ay", [b"payload"]))
+        out.append(
+            frame(
+                endian,
+                2,
+                4,
+                [(REPLY_SERIAL, "u", 3), (DESTINATION, "s", ":1.4"), (SIGNATURE, "g", "ay")],
+                "ay",
+                [b"x" * 40],
+            )
+        )
+        out.append(frame(endian, 2, 5, [(DESTINATION, "s", ":1.4"), (REPLY_SERIAL, "u", 9)]))
+        out.append(frame(endian, 4, 6, [(PATH, "o", "/s"), (INTERFACE, "s", "a.b"), (MEMBER, "s", "Tick")]))
+        out.append(frame(endian, 3, 7, [(ERROR_NAME, "s", "a.b.E"), (REPLY_SERIAL, "u", 2)]))
+    return out
+
+
+def _echo_fields(sig: str) -> list[Field]:
+    return [
+        (PATH, "o", "/e"),
+        (INTERFACE, "s", "org.example.Echo"),
+        (MEMBER, "s", "Echo"),
+        (DESTINATION, "s", ":1.9"),
+        (SIGNATURE, "g", sig),
+    ]
+
+
+FAST_SEEDS = _fast_path_seeds()
+
+
+@st.composite
+def fast_path_stream(draw: st.DrawFn) -> bytes:
+    frames = []
+    for _ in range(draw(st.integers(1, 5))):
+        raw = bytearray(draw(st.sampled_from(FAST_SEEDS)))
+        for _ in range(draw(st.integers(0, 3))):
+            if not raw:
+                break
+            at = draw(st.integers(0, len(raw) - 1))
+            how = draw(st.sampled_from(["byte", "u32", "cut", "grow"]))
+            if how == "byte":
+                raw[at] = draw(st.sampled_from([0, 1, 0xFF, 0x80, draw(st.integers(0, 255))]))
+            elif how == "u32":
+                at -= at % 4
+                raw[at : at + 4] = draw(st.sampled_from([0, 1, 7, 0xFFFFFFFF, 0xF8000000, 1 << 26])).to_bytes(
+                    4, "little"
+                )
+            elif how == "cut":
+                del raw[at:]
+            else:
+                raw[at:at] = draw(st.binary(min_size=1, max_size=8))
+        frames.append(bytes(raw))
+    return b"".join(frames)
+
+
+@FUZZ
+@given(fast_path_stream(), st.lists(st.integers(1, 200), max_size=6))
+def test_fast_path_accepts_only_what_the_strict_parser_accepts(data: bytes, cuts: list[int]) -> None:
+    heads = wire.HeaderCache()
+    for raw in FAST_SEEDS:
+        assert heads.learn(parse_message(raw)) is not None
+    parser = FrameParser()
+    pos = 0
+    try:
+        for cut in [*cuts, len(data)]:
+            parser.feed(data[pos : pos + cut])
+            pos += cut
+            for raw, head, serial, reply_serial in parser.scan(heads):
+                assert len(raw) <= MAX_MESSAGE_SIZE
+                if head is None:
+                    parser.message(raw)  # the strict path; may raise FrameError
+                    continue
+                m = parse_message(raw)  # what the fast path waved through must be valid
+                assert (serial, reply_serial or None) == (m.serial, m.reply_serial)
+                assert (head.type, head.path, head.interface, head.member, head.error_name) == (
+                    m.type,
+                    m.path,
+                    m.interface,
+                    m.member,
+                    m.error_name,
+                )
+                assert (head.destination, head.sender, head.signature, head.no_reply) == (
+                    m.destination,
+                    m.sender,
+                    m.signature,
+                    m.no_reply_expected,
+                )
+            if pos >= len(data):
+                break
+    except FrameError:
+        pass
