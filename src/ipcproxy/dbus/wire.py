@@ -374,7 +374,7 @@ def _guard_lengths(raw: bytes) -> None:
                 text = raw[start : start + sig_len].decode()
                 if len(text) != 1:
                     raise FrameError(f"header field {code} has unsupported type {text!r}")
-                pos = _guard_value(raw, pos, get_signature_tree(text).root_type, u32, end, 0)
+                pos = _guard_value(raw, pos, _root(text), u32, end, 0)
             if pos > end:
                 raise FrameError("header field overruns the frame")
             if code == SIGNATURE:
@@ -402,6 +402,13 @@ def _guard_string(raw: bytes, pos: int, u32: struct.Struct, end: int) -> tuple[i
 
 
 _WIDTHS = {ord(c): w for c, w in _FIXED_SIZES.items()}
+
+
+def _root(signature: str) -> SignatureType:
+    root = get_signature_tree(signature).root_type
+    if root is None:
+        raise FrameError("empty signature")
+    return root
 
 
 def _guard_value(raw: bytes, pos: int, t: SignatureType, u32: struct.Struct, end: int, depth: int) -> int:
@@ -434,9 +441,9 @@ def _guard_value(raw: bytes, pos: int, t: SignatureType, u32: struct.Struct, end
                 if pos > end:
                     raise FrameError(f"string of {length} bytes overruns the frame")
                 return pos
-            width = _WIDTHS.get(code)
-            if width:
-                return pos + (-pos & (width - 1)) + width
+            basic = _WIDTHS.get(code)
+            if basic:
+                return pos + (-pos & (basic - 1)) + basic
             inner = chr(code)
         elif sig_len == 0:
             raise FrameError("variant with an empty signature")
@@ -445,7 +452,7 @@ def _guard_value(raw: bytes, pos: int, t: SignatureType, u32: struct.Struct, end
             pos += sig_len + 2
         if pos > end:
             raise FrameError("variant signature overruns the frame")
-        return _guard_value(raw, pos, get_signature_tree(inner).root_type, u32, end, depth)
+        return _guard_value(raw, pos, _root(inner), u32, end, depth)
     if tok == "(" or tok == "{":
         pos += -pos & 7
         for child in t.children:
