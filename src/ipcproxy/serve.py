@@ -8,6 +8,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -102,13 +103,18 @@ class Service:
         self.stop_reason: str | None = None
         self.failed = False
 
-    async def start(self) -> str:
+    async def start(self, listener: socket.socket | None = None) -> str:
+        """Connect the resolver, then listen (or serve on ``listener``, already bound: interpose)."""
         try:
             await asyncio.wait_for(self.resolver.start(), 10)
         except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001
             raise UsageError(f"cannot connect to the bus at {self.proxy.upstream_text}: {exc}") from None
         try:
-            address = self.proxy.listen()
+            if listener is None:
+                address = self.proxy.listen()
+            else:
+                self.proxy.adopt_listener(listener)
+                address = self.proxy.address
         except BaseException:
             self.resolver.stop()
             await asyncio.sleep(0)  # let the resolver's task finish cancelling

@@ -13,10 +13,13 @@ import array
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -252,31 +255,99 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
 
 
 def _connect(address: Address, as_user: tuple[int, int, list[int]] | None) -> socket.socket:
-    sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        if as_user is None:
+    if as_user is not None and address.family == socket.AF_UNIX:
+        sock = _connect_as(address, *as_user)
+    else:
+        sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
             sock.connect(address.sockaddr)
-        else:
-            _connect_as(sock, address, *as_user)
-    except OSError:
-        sock.close()
-        raise
+        except OSError:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
 
 
-def _connect_as(sock: socket.socket, address: Address, uid: int, gid: int, groups: list[int]) -> None:
-    """Connect with the client's credentials, so the bus sees who is really calling."""
-    saved_groups = os.getgroups()
-    os.setgroups(groups)
-    os.setegid(gid)
-    os.seteuid(uid)
+# The bus learns who connected from SO_PEERCRED: the uid, gids *and pid* of the process
+# that called connect(). Connecting from this (root) process with a borrowed euid gives
+# the right uid but our pid, and a service that looks that pid up finds root. So a small
+# helper running wholly as the client's user (real, effective and saved ids, its groups,
+# no capabilities) connects for us and hands the socket back: no pid the bus reports is
+# ever more privileged than the client. One helper per identity, kept while we run.
+_CONNECTOR = """
+import array, os, socket, sys
+chan = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    where = chan.recv(4096)
+    if not where:
+        break
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(address.sockaddr)
+        sock.connect(where)
+    except OSError as exc:
+        chan.send(b"%d" % exc.errno)
+    else:
+        chan.sendmsg([b"0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))])
+    sock.close()
+"""
+_connectors: dict[tuple[int, int, tuple[int, ...]], tuple[subprocess.Popen[bytes], socket.socket]] = {}
+
+
+def _connect_as(address: Address, uid: int, gid: int, groups: list[int]) -> socket.socket:
+    """Connect with the client's credentials (through its user's helper), so the bus sees who is really calling."""
+    key = (uid, gid, tuple(groups))
+    where = address.sockaddr
+    if isinstance(where, tuple):
+        raise OSError(errno.EAFNOSUPPORT, "only unix sockets carry the client's credentials")
+    request = os.fsencode(where) if isinstance(where, str) else where
+    for _attempt in (1, 2):
+        if key not in _connectors:
+            _connectors[key] = _start_connector(uid, gid, groups)
+        proc, chan = _connectors[key]
+        try:
+            chan.send(request)
+            answer, ancdata, _flags, _addr = chan.recvmsg(16, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            answer, ancdata = b"", []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+                return socket.socket(fileno=int.from_bytes(data[:4], sys.byteorder))
+        if answer:
+            code = int(answer)
+            raise OSError(code, os.strerror(code))
+        chan.close()  # the helper is gone: start a fresh one, once
+        proc.kill()
+        proc.wait()
+        del _connectors[key]
+    raise OSError(errno.EIO, f"no connector for uid {uid}")
+
+
+def _start_connector(uid: int, gid: int, groups: list[int]) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        for python in dict.fromkeys((sys.executable, "/usr/bin/python3")):
+            try:
+                proc = subprocess.Popen(
+                    [python, "-I", "-S", "-c", _CONNECTOR, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    user=uid,
+                    group=gid,
+                    extra_groups=groups,
+                    cwd="/",
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+                break
+            except PermissionError as exc:  # this user may not run our interpreter
+                error = exc
+        else:
+            ours.close()
+            raise error
     finally:
-        os.seteuid(0)
-        os.setegid(0)
-        os.setgroups(saved_groups)
+        theirs.close()
+    ours.settimeout(10)
+    return proc, ours
 
 
 def _client_groups(pid: int, gid: int) -> list[int]:
@@ -284,7 +355,7 @@ def _client_groups(pid: int, gid: int) -> list[int]:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("Groups:"):
-                    return [int(g) for g in line.split()[1:]] or [gid]
+                    return [int(g) for g in line.split()[1:]]  # exactly the client's: possibly none
     except OSError:
         pass
     return [gid]
@@ -731,6 +802,7 @@ class Proxy:
         self.sessions_by_name: dict[str, Session] = {}
         self._next_id = 0
         self._listener: socket.socket | None = None
+        self._owns_path = False  # only a socket file we created is ours to unlink
         self._flush_scheduled = False
         self._write_timer: asyncio.TimerHandle | None = None
         self.headers = wire.HeaderCache()  # the fast path's header facts, shared by all sessions
@@ -761,6 +833,7 @@ class Proxy:
         sock.listen(512)
         sock.setblocking(False)
         self._listener = sock
+        self._owns_path = True
         if addr.transport == "tcp" and not addr.port:
             host, port = sock.getsockname()[:2]
             self.listen_address = Address("tcp", host=host, port=port)
@@ -771,6 +844,7 @@ class Proxy:
         """Serve on an already bound and listening socket (interpose mode)."""
         sock.setblocking(False)
         self._listener = sock
+        self._owns_path = False
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def connect_upstream(self, as_user: tuple[int, int, list[int]] | None) -> socket.socket:
@@ -877,7 +951,7 @@ class Proxy:
             self._listener.close()
             self._listener = None
             addr = self.listen_address
-            if addr.transport == "unix" and addr.path:
+            if addr.transport == "unix" and addr.path and self._owns_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(addr.path)
         for session in list(self.sessions.values()):
