@@ -375,25 +375,6 @@ class Monitor:
         self.sock.close()
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from handing large freed buffers back to the kernel.
-
-    At 64 KiB per message the trace's write buffer grows and empties many
-    times a second; with glibc's defaults every batch lands in freshly mapped
-    pages, and the page faults cost more than encoding (measured: 180 vs 36 us
-    per message for the JSON encoding alone). Keeping freed memory for reuse
-    bounds the process at its peak batch size instead.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: its maximum; batches come from the heap
-        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD: keep freed heap for the next batch
-    except (OSError, AttributeError):  # not glibc: only slower
-        pass
-
-
 class BackgroundTrace:
     """The JSON Lines trace, written by a thread of its own, bypassing the page cache when it can.
 
@@ -545,6 +526,7 @@ def bus_address(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 
 def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..serve import _new_loop
+    from .proxy import tune_allocator
 
     address = bus_address(args, env)
     try:
@@ -552,7 +534,7 @@ def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except AddressError as exc:
         raise UsageError(str(exc)) from None
     args.live_to_stderr = False  # like dbus-monitor: the live view is the output
-    keep_freed_memory()
+    tune_allocator()  # large frames and hex lines: no mmap and page faults per message
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     directory = Directory()
