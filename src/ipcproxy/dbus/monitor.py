@@ -500,20 +500,20 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
+    """As serve.make_recorder, with the threaded trace writer; a pcap alone needs no decoded arguments."""
     from ..serve import live_printer
 
     sinks: list[Sink] = []
+    pcap = bool(args.write) and args.write.endswith((".pcap", ".pcapng"))
     if args.write:
         head = records.header(**header)
         try:
-            sinks.append(
-                open_sink(args.write, head)
-                if args.write.endswith((".pcap", ".pcapng"))
-                else BackgroundTrace(args.write, head)
-            )
+            sinks.append(open_sink(args.write, head) if pcap else BackgroundTrace(args.write, head))
         except OSError as exc:
             raise UsageError(f"cannot write trace {args.write}: {exc.strerror}") from None
-    return Recorder(sinks, directory.endpoint, live_printer(args), decode_args=not args.no_args)
+    live = live_printer(args)
+    decode = not args.no_args and (live is not None or not pcap)
+    return Recorder(sinks, directory.endpoint, live, decode_args=decode)
 
 
 def bus_address(args: argparse.Namespace, env: Mapping[str, str]) -> str:
