@@ -306,6 +306,9 @@ def watchdog_main(argv: Sequence[str]) -> int:
         done = restore(path, aside, (dev, ino))
     except OSError as exc:
         done = f"could not restore {path} ({exc.strerror}); run: ipcproxy interpose --socket {path} --recover"
+    with contextlib.suppress(OSError):
+        if _inode(path + STAGING) == (dev, ino):  # killed before our socket was put in place
+            os.unlink(path + STAGING)
     if done:
         with contextlib.suppress(OSError):
             print(f"ipcproxy watchdog: {done}", file=sys.stderr, flush=True)
