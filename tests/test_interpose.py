@@ -234,6 +234,7 @@ def test_interpose_runs_the_chain(bus: PrivateBus, services: Any, interposer: An
     assert busctl(bus.address, "status", "org.example.Mock", check=False).returncode == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root proxy and a client of another user need root")
 def test_non_root_client_is_seen_as_itself(any_bus: PrivateBus, services: Any, interposer: Any) -> None:
     """Proxy as root, busctl as uid 65534: bus and services must see 65534 and no root process."""
     os.chmod(any_bus.socket, 0o777)  # as the bus would set it up for everybody (dbus-broker's here is 0755)
