@@ -11,7 +11,8 @@ page faults per call.
 
 A variant is ``direct``, ``pyfwd`` (the harness's uvloop Protocol forwarder),
 ``xdp``, or ``ipcproxy [extra proxy options]`` optionally prefixed by
-``env:NAME=VALUE,...`` and/or ``trace:PATH`` (default: a file under bench/out).
+``env:NAME=VALUE,...``, ``set:CONSTANT=VALUE,...`` (constants of ipcproxy.dbus.proxy)
+and/or ``trace:PATH`` (default: a file under bench/out; ``trace:none`` for no trace).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def run(variant: str, conc: int, size: int, args: argparse.Namespace, run_dir: s
     env = dict(os.environ)
     trace = os.path.join(run_dir, "ab-trace.jsonl")
     words = variant.split()
-    while words and words[0].startswith(("env:", "trace:")):
+    patch = ""
+    while words and words[0].startswith(("env:", "trace:", "set:")):
         word = words.pop(0)
-        if word.startswith("env:"):
+        if word.startswith("set:"):  # module constants of ipcproxy.dbus.proxy, e.g. set:FLUSH_DELAY=0.005
+            patch = "".join(f"proxy.{pair};" for pair in word[4:].split(","))
+        elif word.startswith("env:"):
             for pair in word[4:].split(","):
                 name, _, value = pair.partition("=")
                 env[name] = value
@@ -81,6 +85,10 @@ def run(variant: str, conc: int, size: int, args: argparse.Namespace, run_dir: s
             proxy_pid, address = proc.pid, f"unix:path={stack.proxy_socket}"
         elif kind == "ipcproxy":
             argv = [IPCPROXY, "proxy", "--upstream", address, "--listen", f"unix:path={stack.proxy_socket}", "-q"]
+            if patch:
+                python = os.path.join(os.path.dirname(IPCPROXY), "python")
+                code = f"import sys; import ipcproxy.dbus.proxy as proxy; {patch} from ipcproxy.cli import entry; entry()"
+                argv = [python, "-c", code, *argv[1:]]
             if trace != "none":
                 argv += ["-w", trace]
             errors = open(os.path.join(run_dir, "ab-proxy.err"), "ab")

@@ -41,6 +41,9 @@ HIGH_WATER = 16 * 1024 * 1024
 LOW_WATER = 4 * 1024 * 1024
 INJECTED_SERIAL_BASE = 0xF0000000
 DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+# plain ints: the socket module's MsgFlag enums cost a microsecond per ``&``
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 
 # Records are encoded and written in bulk (the encoder then runs with warm caches, and
@@ -120,13 +123,13 @@ class Conn:
         fds: list[int] = []
         try:
             if self.unix_fds:
-                n, ancdata, flags, _ = self.sock.recvmsg_into([self._view], ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+                n, ancdata, flags, _ = self.sock.recvmsg_into([self._view], ANCILLARY, _MSG_CMSG_CLOEXEC)
                 for level, kind, data in ancdata:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                         arr = array.array("i")
                         arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
                         fds.extend(arr)
-                if flags & socket.MSG_CTRUNC:
+                if flags & _MSG_CTRUNC:
                     _close_fds(fds)
                     self.close("too many file descriptors in one message (control data truncated)")
                     return
@@ -479,40 +482,22 @@ class Session:
         out = self.upstream if direction is Direction.TO_BUS else self.client
         assert out is not None
         batch: list[bytes] = []  # frames forwarded unchanged, in order, not yet written
+        # Fast path: with no interceptors, a frame whose header was seen before is forwarded
+        # without building a Message; its book-keeping and record follow the write (``_account``).
+        fast: list[tuple[bytes, wire.Header, int, int]] = []
         proxy = self.proxy
-        # Fast path: with no interceptors, a frame whose header was seen before is
-        # forwarded and queued for the recorder without building a Message.
         heads = proxy.headers if not proxy.chain else None
-        record = proxy.recorder.frame
-        to_bus = direction is Direction.TO_BUS
-        direction_name = direction.value
-        pending_out = self.pending_out
-        pending_in = self.pending_in
-        monotonic_ns = time.monotonic_ns
         try:
             for raw, head, serial, reply_serial in parser.scan(heads):
+                if head is not None and not head.driver and not self.closed:
+                    batch.append(raw)
+                    fast.append((raw, head, serial, reply_serial))
+                    continue
+                if fast:  # records stay in the order the frames came
+                    self._account(fast, direction)
+                    fast = []
                 if self.closed:
                     _close_fds(parser.message(raw).fds)
-                    continue
-                if head is not None and not head.driver:
-                    now = monotonic_ns()
-                    mtype = head.type
-                    latency = None
-                    if mtype is MessageType.METHOD_CALL:
-                        if not head.no_reply:
-                            if to_bus:
-                                pending_out[serial] = (now, raw)
-                            else:
-                                pending_in[(head.sender, serial)] = (now, raw)
-                    elif mtype is not MessageType.SIGNAL:
-                        if to_bus:
-                            pending = pending_in.pop((head.destination, reply_serial), None)
-                        else:
-                            pending = pending_out.pop(reply_serial, None)
-                        if pending is not None:
-                            latency = now - pending[0]
-                    record(raw, head, direction_name, self.id, self.client_ep, latency, now)
-                    batch.append(raw)
                     continue
                 message = parser.message(raw)
                 if heads is not None:
@@ -539,13 +524,52 @@ class Session:
             if batch:
                 out.write_chunks(batch)
                 batch = []
+            if fast:
+                self._account(fast, direction)
+                fast = []
             side = "client" if direction is Direction.TO_BUS else "bus"
             proxy.recorder.event("malformed", connection=self.id, side=side, reason=str(exc))
             _close_fds(parser.take_fds())
             self.close(f"malformed message from the {side}: {exc}")
         if batch:
             out.write_chunks(batch)
+        if fast:
+            self._account(fast, direction)
         proxy.after_batch()
+
+    def _account(self, frames: list[tuple[bytes, wire.Header, int, int]], direction: Direction) -> None:
+        """Pending calls, latencies and records for frames that took the fast path."""
+        now = time.monotonic_ns()
+        record = self.proxy.recorder.frame
+        direction_name = direction.value
+        conn = self.id
+        client = self.client_ep
+        if direction is Direction.TO_BUS:
+            calls, answered = self.pending_out, self.pending_in
+            for raw, head, serial, reply_serial in frames:
+                latency = None
+                mtype = head.type
+                if mtype is MessageType.METHOD_CALL:
+                    if not head.no_reply:
+                        calls[serial] = (now, raw)
+                elif mtype is not MessageType.SIGNAL:
+                    pending = answered.pop((head.destination, reply_serial), None)
+                    if pending is not None:
+                        latency = now - pending[0]
+                record(raw, head, direction_name, conn, client, latency, now)
+        else:
+            calls_in, answered_out = self.pending_in, self.pending_out
+            for raw, head, serial, reply_serial in frames:
+                latency = None
+                mtype = head.type
+                if mtype is MessageType.METHOD_CALL:
+                    if not head.no_reply:
+                        calls_in[(head.sender, serial)] = (now, raw)
+                elif mtype is not MessageType.SIGNAL:
+                    pending = answered_out.pop(reply_serial, None)
+                    if pending is not None:
+                        latency = now - pending[0]
+                record(raw, head, direction_name, conn, client, latency, now)
 
     def _handle(self, message: Message, direction: Direction) -> Verdict | None:
         """Book-keeping and the chain; returns None for an unchanged forward."""
@@ -803,7 +827,6 @@ class Proxy:
         self._next_id = 0
         self._listener: socket.socket | None = None
         self._owns_path = False  # only a socket file we created is ours to unlink
-        self._flush_scheduled = False
         self._write_timer: asyncio.TimerHandle | None = None
         self.headers = wire.HeaderCache()  # the fast path's header facts, shared by all sessions
         tune_allocator()
