@@ -87,7 +87,9 @@ def run(variant: str, conc: int, size: int, args: argparse.Namespace, run_dir: s
             argv = [IPCPROXY, "proxy", "--upstream", address, "--listen", f"unix:path={stack.proxy_socket}", "-q"]
             if patch:
                 python = os.path.join(os.path.dirname(IPCPROXY), "python")
-                code = f"import sys; import ipcproxy.dbus.proxy as proxy; {patch} from ipcproxy.cli import entry; entry()"
+                code = (
+                    f"import sys; import ipcproxy.dbus.proxy as proxy; {patch} from ipcproxy.cli import entry; entry()"
+                )
                 argv = [python, "-c", code, *argv[1:]]
             if trace != "none":
                 argv += ["-w", trace]
