@@ -28,6 +28,7 @@ from typing import Any
 from ..chain import Chain, Context
 from ..model import BUS_DRIVER_NAME, Action, Direction, Endpoint, Message, MessageType, Verdict
 from ..trace.recorder import Recorder
+from ..trace.writer import JsonlWriter
 from . import wire
 from .address import Address, AddressError, parse
 from .auth import AuthError, ClientAuth, ServerAuth
@@ -51,6 +52,7 @@ _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 ENCODE_RECORDS = 256
 ENCODE_BYTES = 1 << 20
 FLUSH_DELAY = 0.01  # ... or this many seconds after the first of them
+BACKGROUND_WRITES = True  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
 
 
 def tune_allocator() -> None:
@@ -830,6 +832,9 @@ class Proxy:
         self._write_timer: asyncio.TimerHandle | None = None
         self.headers = wire.HeaderCache()  # the fast path's header facts, shared by all sessions
         tune_allocator()
+        for sink in recorder.sinks:
+            if isinstance(sink, JsonlWriter) and BACKGROUND_WRITES:
+                sink.start_background()
         self.on_idle: list[Callable[[], None]] = []
 
     @property

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import msgspec
@@ -38,8 +40,27 @@ class JsonlWriter:
         self._encoder = msgspec.json.Encoder()
         self._chunks: list[bytes] = []
         self.buffered = 0  # bytes waiting in _chunks
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: deque[tuple[Future[None], int]] = deque()
+        self._inflight_bytes = 0
+        self._max_inflight = 0
+        self._min_background = 0
         self.write_bytes(self._encoder.encode(header or records.header()) + b"\n")
         self.flush()
+
+    def start_background(self, min_size: int = 1 << 20, max_inflight: int = 64 << 20) -> None:
+        """From now on, hand flushes of ``min_size`` bytes or more to a thread of their own.
+
+        The kernel's copy into the page cache (most of a trace's cost with large
+        arguments) then runs beside the caller, which waits only when more than
+        ``max_inflight`` bytes are still unwritten: back-pressure, not loss.
+        Smaller flushes are written at once (a thread hand-off costs more than
+        it saves there), after any still in flight: the order stays.
+        """
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-writer")
+            self._min_background = min_size
+            self._max_inflight = max_inflight
 
     def write(self, record: dict[str, Any], message: Message | None = None) -> None:
         self.write_bytes(self._encoder.encode(record) + b"\n")
@@ -51,26 +72,46 @@ class JsonlWriter:
 
     def flush(self) -> None:
         chunks = self._chunks
-        if not chunks:
-            return
-        self._chunks = []
-        self.buffered = 0
-        start = 0
-        while start < len(chunks):
-            batch = chunks[start : start + _IOV_MAX]
-            written = os.writev(self._fd, batch)
-            start += len(batch)
-            wanted = sum(map(len, batch))
-            if written < wanted:  # partial write: resume exactly where it stopped
-                rest = b"".join(batch)[written:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest) :]
+        if chunks:
+            size = self.buffered
+            self._chunks = []
+            self.buffered = 0
+            if self._pool is None or (size < self._min_background and not self._inflight):
+                _write_all(self._fd, chunks)
+                return
+            self._inflight.append((self._pool.submit(_write_all, self._fd, chunks), size))
+            self._inflight_bytes += size
+        inflight = self._inflight
+        while inflight and (inflight[0][0].done() or self._inflight_bytes > self._max_inflight):
+            done, size = inflight.popleft()
+            self._inflight_bytes -= size
+            done.result()  # waits if need be; raises what the write raised
 
     def close(self) -> None:
         if self._fd >= 0:
-            self.flush()
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self.flush()
+                while self._inflight:
+                    self._inflight.popleft()[0].result()
+            finally:
+                self._inflight_bytes = 0
+                if self._pool is not None:
+                    self._pool.shutdown()
+                    self._pool = None
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    start = 0
+    while start < len(chunks):
+        batch = chunks[start : start + _IOV_MAX]
+        written = os.writev(fd, batch)
+        start += len(batch)
+        if written < sum(map(len, batch)):  # partial write: resume exactly where it stopped
+            rest = b"".join(batch)[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
 
 class PcapWriter:
