@@ -50,7 +50,7 @@ IPCPROXY = os.environ.get("IPCPROXY") or os.path.join(ROOT, ".venv", "bin", "ipc
 XDP = os.environ.get("XDP", "xdg-dbus-proxy")
 NAME = "org.bench.Echo"
 WORKLOADS = [(1, 64), (1, 65536), (64, 64), (64, 65536)]
-LIBDBUS_CONFIGS = ["direct", "xdp", "ipcproxy", "strace"]
+LIBDBUS_CONFIGS = ["direct", "xdp", "ipcproxy", "ipcproxy-mon", "strace"]
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,6 +127,39 @@ def count_lines(path: str) -> int:
         while chunk := trace.read(1 << 22):
             lines += chunk.count(b"\n")
     return lines
+
+
+def drain_seconds(pid: int, client_end: float, cap: float = 120.0) -> float:
+    """How long a monitor kept working after the load stopped (its CPU time still growing)."""
+    last = cpu_seconds(pid)
+    changed = client_end
+    quiet = 0
+    while time.monotonic() - client_end < cap and quiet < 3:
+        time.sleep(0.2)
+        now = cpu_seconds(pid)
+        if now != last:
+            last, changed, quiet = now, time.monotonic(), 0
+        else:
+            quiet += 1
+    return max(0.0, changed - client_end)
+
+
+def count_echo(path: str, upto: int) -> dict[str, int]:
+    """Echo calls and their returns in a trace, in all and within its first ``upto`` bytes."""
+    counts = {"calls": 0, "returns": 0, "calls_at_end": 0, "returns_at_end": 0}
+    offset = 0
+    with open(path, "rb") as trace:
+        for line in trace:
+            offset += len(line)
+            head = line[:2048]
+            call = b'"type":"method_call"' in head and b'"member":"Echo"' in head
+            ret = b'"type":"method_return"' in head and b'"signature":"ay"' in head
+            counts["calls"] += call
+            counts["returns"] += ret
+            if offset <= upto:
+                counts["calls_at_end"] += call
+                counts["returns_at_end"] += ret
+    return counts
 
 
 def median(values: Iterable[float | None]) -> float | None:
@@ -212,6 +245,11 @@ class Stack:
             )
             read_line(proxy)  # it prints its address once it listens
             self.client_address = proxy_address
+        elif self.cfg == "ipcproxy-mon":
+            self.trace = os.path.join(self.run_dir, "ipcproxy-monitor.jsonl")
+            self.spawn("proxy", [IPCPROXY, "monitor", "--address", bus_address, "-w", self.trace, "-q"])
+            trace = self.trace
+            wait_for(lambda: os.path.exists(trace) and b"monitor_start" in open(trace, "rb").read(4096), "monitor up")
         elif self.cfg == "strace":
             self.trace = os.path.join(self.run_dir, "strace.txt")
             self.client_prefix = [
@@ -260,6 +298,14 @@ def run_libdbus_one(cfg: str, conc: int, size: int, rep: int, args: argparse.Nam
         else:
             result.update(json.loads(client.stdout.decode().strip().splitlines()[-1]))
         result["cpu"] = {n: after[n] - before[n] for n in before if before[n] is not None and after.get(n) is not None}
+        if cfg == "ipcproxy-mon":
+            assert stack.trace is not None
+            size_at_end = os.path.getsize(stack.trace)
+            monitor = stack.pid("proxy")
+            assert monitor is not None
+            result["monitor_drain_s"] = drain_seconds(monitor, time.monotonic())
+            stack.stop()
+            result["monitor"] = count_echo(stack.trace, size_at_end)
         if cfg == "ipcproxy":
             stack.stop()  # flushes the trace
             assert stack.trace is not None
@@ -279,6 +325,9 @@ def run_libdbus(args: argparse.Namespace, out_dir: str) -> list[dict[str, Any]]:
     run_dir = os.path.join(out_dir, "run")
     os.makedirs(run_dir, exist_ok=True)
     configs = args.libdbus_configs.split(",")
+    if "ipcproxy-mon" in configs and not monitor_available():
+        log("`ipcproxy monitor` is not available yet: leaving out the ipcproxy-mon row")
+        configs.remove("ipcproxy-mon")
     results: list[dict[str, Any]] = []
     with open(os.path.join(out_dir, "raw.jsonl"), "w") as raw:
         for rep in range(args.reps):
@@ -332,7 +381,7 @@ def libdbus_table(results: list[dict[str, Any]], configs: list[str], workloads: 
                 lines.append(f"| {cfg} | FAILED | | | | | | | | | |")
                 continue
             cps = [r["cps"] for r in rs]
-            inter = "proxy" if cfg in ("xdp", "ipcproxy") else None
+            inter = "proxy" if cfg in ("xdp", "ipcproxy", "ipcproxy-mon") else None
             inter_cpu = median(
                 r["cpu"][inter] / r["replies"] * 1e6 if inter and inter in r["cpu"] and r["replies"] else None
                 for r in rs
@@ -343,7 +392,12 @@ def libdbus_table(results: list[dict[str, Any]], configs: list[str], workloads: 
                 r["cpu"]["bus"] / r["replies"] * 1e6 if "bus" in r["cpu"] and r["replies"] else None for r in rs
             )
             per_call = median(
-                r["trace_records"] / r["sent"] if "trace_records" in r and r["sent"] else None for r in rs
+                r["trace_records"] / r["sent"]
+                if "trace_records" in r and r["sent"]
+                else (r["monitor"]["calls"] + r["monitor"]["returns"]) / r["sent"]
+                if "monitor" in r and r["sent"]
+                else None
+                for r in rs
             )
             lines.append(
                 f"| {cfg} | {median(cps):.0f} | {min(cps):.0f}-{max(cps):.0f} "
@@ -351,6 +405,21 @@ def libdbus_table(results: list[dict[str, Any]], configs: list[str], workloads: 
                 f"| {fmt(median(r['p50_us'] for r in rs))} | {fmt(median(ratio(results, r, 'p50_us') for r in rs), '.2f')} "
                 f"| {fmt(median(r['p99_us'] for r in rs))} | {fmt(median(ratio(results, r, 'p99_us') for r in rs), '.2f')} "
                 f"| {fmt(inter_cpu)} | {fmt(bus_cpu)} | {fmt(per_call, '.2f')} |"
+            )
+    monitored = [r for r in results if "monitor" in r]
+    if monitored:
+        lines.append("\n#### ipcproxy monitor (libdbus client): completeness and backlog\n")
+        lines.append(
+            "| workload | calls sent / replies | Echo calls / returns in the trace | of which written by the "
+            "client's end | drain after the client's end (s) |"
+        )
+        lines.append("|---|---|---|---|---|")
+        for r in monitored:
+            m = r["monitor"]
+            lines.append(
+                f"| c{r['conc']} {r['size']} B rep {r['rep']} | {r.get('sent', '-')} / {r.get('replies', '-')} "
+                f"| {m['calls']} / {m['returns']} | {m['calls_at_end']} / {m['returns_at_end']} "
+                f"| {r['monitor_drain_s']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
