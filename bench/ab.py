@@ -11,7 +11,7 @@ page faults per call.
 
 A variant is ``direct``, ``pyfwd`` (the harness's uvloop Protocol forwarder),
 ``xdp``, or ``ipcproxy [extra proxy options]`` optionally prefixed by
-``env:NAME=VALUE,...``, ``set:CONSTANT=VALUE,...`` (constants of ipcproxy.dbus.proxy)
+``env:NAME=VALUE,...``, ``set:CONSTANT=VALUE,...`` (constants of ipcproxy.dbus.proxy), ``exec:FILE.py``
 and/or ``trace:PATH`` (default: a file under bench/out; ``trace:none`` for no trace).
 """
 
@@ -43,10 +43,12 @@ def run(variant: str, conc: int, size: int, args: argparse.Namespace, run_dir: s
     trace = os.path.join(run_dir, "ab-trace.jsonl")
     words = variant.split()
     patch = ""
-    while words and words[0].startswith(("env:", "trace:", "set:")):
+    while words and words[0].startswith(("env:", "trace:", "set:", "exec:")):
         word = words.pop(0)
         if word.startswith("set:"):  # module constants of ipcproxy.dbus.proxy, e.g. set:FLUSH_DELAY=0.005
-            patch = "".join(f"proxy.{pair};" for pair in word[4:].split(","))
+            patch += "".join(f"proxy.{pair};" for pair in word[4:].split(","))
+        elif word.startswith("exec:"):  # a Python file run in the proxy process before it starts
+            patch += f"exec(open({word[5:]!r}).read());"
         elif word.startswith("env:"):
             for pair in word[4:].split(","):
                 name, _, value = pair.partition("=")

@@ -51,6 +51,7 @@ _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 # each write is large): once this many wait, or their frames hold this many bytes, ...
 ENCODE_RECORDS = 256
 ENCODE_BYTES = 1 << 20
+ENCODE_BYTES_BUSY = 256 * 1024  # ... or this many when the read that just ended brought several frames
 FLUSH_DELAY = 0.01  # ... or this many seconds after the first of them
 BACKGROUND_WRITES = True  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
 
@@ -533,11 +534,12 @@ class Session:
             proxy.recorder.event("malformed", connection=self.id, side=side, reason=str(exc))
             _close_fds(parser.take_fds())
             self.close(f"malformed message from the {side}: {exc}")
+        frames = len(batch)
         if batch:
             out.write_chunks(batch)
         if fast:
             self._account(fast, direction)
-        proxy.after_batch()
+        proxy.after_batch(frames)
 
     def _account(self, frames: list[tuple[bytes, wire.Header, int, int]], direction: Direction) -> None:
         """Pending calls, latencies and records for frames that took the fast path."""
@@ -902,10 +904,20 @@ class Proxy:
             session.start()
             self.after_batch()
 
-    def after_batch(self) -> None:
-        """Records wait, and are encoded and written in bulk, off the forwarding of single messages."""
+    def after_batch(self, frames: int = 1) -> None:
+        """Records wait, and are encoded and written in bulk, off the forwarding of single messages.
+
+        While reads bring several frames at once (the pipeline is full), large
+        frames are recorded in smaller bulks, so that recording interleaves with
+        forwarding instead of stalling it for long.
+        """
         recorder = self.recorder
-        if recorder.backlog >= ENCODE_RECORDS or recorder.backlog_bytes >= ENCODE_BYTES:
+        pending = recorder.backlog_bytes
+        if (
+            recorder.backlog >= ENCODE_RECORDS
+            or pending >= ENCODE_BYTES
+            or (frames > 1 and pending >= ENCODE_BYTES_BUSY)
+        ):
             self._write_records()
         elif self._write_timer is None and recorder.backlog:
             self._write_timer = self.loop.call_later(FLUSH_DELAY, self._write_records)

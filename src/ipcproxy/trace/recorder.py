@@ -27,6 +27,7 @@ LiveView = Callable[[dict[str, Any]], None]
 
 _SERIAL = {ord("l"): struct.Struct("<I").unpack_from, ord("B"): struct.Struct(">I").unpack_from}
 _BIG_ARGS = 16384  # encoded arguments this long are written as a chunk of their own, not copied into the line
+WRITE_SLICE = 256 * 1024  # ``flush`` writes each time this much of such arguments is encoded
 
 
 class Recorder:
@@ -121,19 +122,23 @@ class Recorder:
         return self.resolve(name)
 
     def flush(self) -> None:
-        """Encode what is pending and write it out."""
-        self.encode()
+        """Encode what is pending and write it out (in slices of ``WRITE_SLICE`` bytes, while encoding)."""
+        self.encode(WRITE_SLICE)
         for sink in self.sinks:
             sink.flush()
 
-    def encode(self) -> None:
-        """Turn pending records into encoded bytes held by the sinks (written by ``flush``)."""
+    def encode(self, write_every: int = 0) -> None:
+        """Turn pending records into encoded bytes held by the sinks (written by ``flush``).
+
+        With ``write_every``, the sinks are flushed each time that many bytes are
+        encoded: large arguments are then written while still in the CPU's cache.
+        """
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         self.backlog_bytes = 0
         if self.live is None and self.sinks and all(_takes_lines(sink) for sink in self.sinks):
-            self._encode_lines(pending)
+            self._encode_lines(pending, write_every)
         else:
             self._encode_records(pending)
 
@@ -172,11 +177,10 @@ class Recorder:
             )
         return found
 
-    def _encode_lines(self, pending: list[tuple[Any, ...]]) -> None:
+    def _encode_lines(self, pending: list[tuple[Any, ...]], write_every: int = 0) -> None:
         lines = self._lines
         endpoint = lines.endpoint
         decode = self.decode_args
-        writers: list[Any] = self.sinks
         chunks: list[bytes] = []
         add = chunks.append
         hexlify = binascii.hexlify
@@ -187,6 +191,7 @@ class Recorder:
         epoch = lines.epoch_ns
         last_second = -1
         second_text = b""
+        big = 0  # bytes of large arguments encoded since the last write
         for item in pending:
             if len(item) == 8:  # a frame of the fast path
                 seq, ts, raw, head, direction, conn, client, latency = item
@@ -213,6 +218,11 @@ class Recorder:
                             add(b'"]' + fmt.suffix % len(raw))
                         else:
                             add(b'"]' + fmt.suffix_latency % (len(raw), latency))
+                        big += len(hexed)
+                        if write_every and big >= write_every:
+                            self._hand_over(chunks, write=True)
+                            chunks.clear()
+                            big = 0
                         continue
                     values += (hexed, len(raw))
                 else:
@@ -254,10 +264,15 @@ class Recorder:
                 else:
                     add(shape.head_fmt % values + args + shape.tail_fmt % tail_values)
         self.written += len(pending)
-        for writer in writers:
-            write = writer.write_bytes
+        self._hand_over(chunks, write=False)
+
+    def _hand_over(self, chunks: list[bytes], write: bool) -> None:
+        for writer in self.sinks:
+            write_bytes: Any = writer.write_bytes  # type: ignore[attr-defined]
             for chunk in chunks:
-                write(chunk)
+                write_bytes(chunk)
+            if write:
+                writer.flush()
 
     # -- some sink wants record dicts (pcap, a live view)
     def _encode_records(self, pending: list[tuple[Any, ...]]) -> None:
