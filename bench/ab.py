@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -145,9 +144,6 @@ def run(variant: str, conc: int, size: int, args: argparse.Namespace, run_dir: s
     except Exception as exc:  # noqa: BLE001
         result["error"] = repr(exc)
     finally:
-        for _name, proc in stack.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
         stack.stop()
         if os.path.exists(trace) and trace.startswith(OUT):
             os.unlink(trace)

@@ -489,7 +489,7 @@ class Session:
         # without building a Message; its book-keeping and record follow the write (``_account``).
         fast: list[tuple[bytes, wire.Header, int, int]] = []
         proxy = self.proxy
-        heads = proxy.headers if not proxy.chain else None
+        heads = proxy.headers if not proxy.chain.interceptors else None
         try:
             for raw, head, serial, reply_serial in parser.scan(heads):
                 if head is not None and not head.driver and not self.closed:
