@@ -272,3 +272,14 @@ def test_client_auth_against_server_auth(fds: bool) -> None:
     assert client.guid == GUID
     assert client.unix_fd == srv.unix_fd == fds
     assert srv.leftover == FIRST_MESSAGE
+
+
+def test_server_auth_bounds_what_a_client_sends_ahead_of_the_bus() -> None:
+    """A client cannot make the proxy buffer without limit while the bus has not answered yet."""
+    from ipcproxy.dbus.auth import MAX_PIPELINED
+
+    auth = ServerAuth(peer_uid=0)
+    auth.feed(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n")
+    with pytest.raises(AuthError):
+        for _ in range(MAX_PIPELINED // 65536 + 2):
+            auth.feed(b"x" * 65536)

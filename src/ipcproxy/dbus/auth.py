@@ -12,6 +12,9 @@ import enum
 
 MAX_LINE = 16 * 1024
 MAX_LINES = 64
+# What a client may send ahead (pipelined BEGIN and first messages) while the bus has not yet
+# answered our own handshake; sd-bus sends only its Hello there, so this is generous.
+MAX_PIPELINED = 1024 * 1024
 
 
 class AuthError(ValueError):
@@ -64,6 +67,8 @@ class ServerAuth:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+        if len(self._buf) > MAX_PIPELINED:
+            raise AuthError("too much data sent before authentication completed")
         self._run()
 
     def output(self) -> bytes:
