@@ -75,14 +75,47 @@ def any_bus(request: pytest.FixtureRequest) -> Iterator[PrivateBus]:
         yield b
 
 
-class ProxyProcess:
+class CommandProcess:
+    """An ipcproxy subcommand as a real process writing a trace; stopped by a signal."""
+
+    default_stop_signal = signal.SIGTERM
+
+    def __init__(self, argv: list[str], trace: Path, stderr_path: Path) -> None:
+        self.trace = trace
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+
+    def first_line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().decode().strip()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig if sig is not None else self.default_stop_signal)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_trace(self.trace)
+
+
+class ProxyProcess(CommandProcess):
     """`ipcproxy proxy` as a real process, in front of a bus."""
 
     def __init__(self, upstream: str, workdir: Path, extra: list[str] | None = None) -> None:
-        self.trace = workdir / "trace.jsonl"
         self.socket = workdir / "proxy.sock"
         self.address = f"unix:path={self.socket}"
-        self.stderr_path = workdir / "proxy.err"
+        trace = workdir / "trace.jsonl"
         argv = [
             *IPCPROXY,
             "proxy",
@@ -91,37 +124,18 @@ class ProxyProcess:
             "--listen",
             self.address,
             "-w",
-            str(self.trace),
+            str(trace),
             "-q",
             *(extra or []),
         ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(self.stderr_path, "wb"), cwd=ROOT)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
+        super().__init__(argv, trace, workdir / "proxy.err")
+        line = self.first_line()
         if line != self.address:
             self.proc.kill()
             raise AssertionError(f"proxy did not start: {line!r} {self.stderr()}")
 
     def env(self, **extra: str) -> dict[str, str]:
         return dict(os.environ, DBUS_SESSION_BUS_ADDRESS=self.address, DBUS_SYSTEM_BUS_ADDRESS=self.address, **extra)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def records(self) -> list[dict[str, Any]]:
-        return read_trace(self.trace)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import IPCPROXY, ROOT, busctl, messages, read_trace, wait_for
+from conftest import IPCPROXY, ROOT, CommandProcess, busctl, messages, wait_for
 from ipcproxy.dbus.launcher import PrivateBus
 
 ASIDE = ".ipcproxy-real"
@@ -69,42 +69,22 @@ def children(pid: int) -> list[int]:
         return [int(x) for x in f.read().split()]
 
 
-class Interposer:
+class Interposer(CommandProcess):
     """`ipcproxy interpose --socket PATH` as a real process; ready when it prints the address it took."""
 
     def __init__(self, path: str, workdir: Path, *extra: str) -> None:
         self.path = path
-        self.trace = workdir / "trace.jsonl"
-        self.stderr_path = workdir / "interpose.err"
-        argv = [*IPCPROXY, "interpose", "--socket", path, "-w", str(self.trace), "-q", *extra]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(self.stderr_path, "wb"), cwd=ROOT)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
+        trace = workdir / "trace.jsonl"
+        argv = [*IPCPROXY, "interpose", "--socket", path, "-w", str(trace), "-q", *extra]
+        super().__init__(argv, trace, workdir / "interpose.err")
+        line = self.first_line()
         if line != f"unix:path={path}":
             self.proc.kill()
             raise AssertionError(f"interpose did not start: {line!r} {self.stderr()}")
 
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
     def watchdog(self) -> int:
         (pid,) = children(self.proc.pid)  # the connector helpers start only with non-root clients
         return pid
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def records(self) -> list[dict[str, Any]]:
-        return read_trace(self.trace)
 
 
 @pytest.fixture

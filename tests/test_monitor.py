@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import IPCPROXY, ROOT, busctl, gdbus, messages, read_trace, wait_for
+from conftest import IPCPROXY, ROOT, CommandProcess, busctl, gdbus, messages, wait_for
 from ipcproxy.dbus import wire
 from ipcproxy.dbus.address import parse
 from ipcproxy.dbus.auth import ClientAuth
@@ -22,14 +22,15 @@ from ipcproxy.model import MessageType
 MOCK = "org.example.Mock"
 
 
-class MonitorProcess:
+class MonitorProcess(CommandProcess):
     """`ipcproxy monitor` as a real process; ready once its trace shows it has become a monitor."""
 
+    default_stop_signal = signal.SIGINT
+
     def __init__(self, address: str, workdir: Path, *extra: str, trace_name: str = "monitor.jsonl") -> None:
-        self.trace = workdir / trace_name
-        self.stderr_path = workdir / "monitor.err"
-        argv = [*IPCPROXY, "monitor", "--address", address, "-w", str(self.trace), "-q", *extra]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(self.stderr_path, "wb"), cwd=ROOT)
+        trace = workdir / trace_name
+        argv = [*IPCPROXY, "monitor", "--address", address, "-w", str(trace), "-q", *extra]
+        super().__init__(argv, trace, workdir / "monitor.err")
         if not trace_name.endswith(".pcap"):
             wait_for(self._started, 15, "the monitor to start")
 
@@ -37,24 +38,6 @@ class MonitorProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"monitor exited early: {self.stderr()}")
         return self.trace.exists() and b'"monitor_start"' in self.trace.read_bytes()
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def records(self) -> list[dict[str, Any]]:
-        return read_trace(self.trace)
 
 
 @pytest.fixture
