@@ -51,8 +51,10 @@ _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 # each write is large): once this many wait, or their frames hold this many bytes, ...
 ENCODE_RECORDS = 256
 ENCODE_BYTES = 1 << 20
-ENCODE_BYTES_BUSY = 256 * 1024  # ... or this many when the read that just ended brought several frames
 FLUSH_DELAY = 0.01  # ... or this many seconds after the first of them
+ENCODE_WHEN_BUSY = True  # when reads bring several frames, encode once per loop turn instead (see after_batch)
+BUSY_SPELL = 0.005  # ... and for this many seconds after such a read
+WRITE_BYTES = 256 * 1024  # ... and write once this much is encoded
 BACKGROUND_WRITES = True  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
 
 
@@ -832,6 +834,8 @@ class Proxy:
         self._listener: socket.socket | None = None
         self._owns_path = False  # only a socket file we created is ours to unlink
         self._write_timer: asyncio.TimerHandle | None = None
+        self._encode_soon = False
+        self._busy_until = 0.0
         self.headers = wire.HeaderCache()  # the fast path's header facts, shared by all sessions
         tune_allocator()
         for sink in recorder.sinks:
@@ -905,22 +909,34 @@ class Proxy:
             self.after_batch()
 
     def after_batch(self, frames: int = 1) -> None:
-        """Records wait, and are encoded and written in bulk, off the forwarding of single messages.
+        """Record what was just forwarded, off the forwarding itself.
 
-        While reads bring several frames at once (the pipeline is full), large
-        frames are recorded in smaller bulks, so that recording interleaves with
-        forwarding instead of stalling it for long.
+        Messages one at a time (a caller waiting for each answer): records wait
+        and are encoded and written in bulk, which costs the least CPU. Reads
+        that bring several frames (the pipeline is full), and any read shortly
+        after one: records are encoded once per turn of the event loop, so that
+        recording interleaves with forwarding instead of stalling it; they are
+        written once enough is encoded.
         """
         recorder = self.recorder
-        pending = recorder.backlog_bytes
-        if (
-            recorder.backlog >= ENCODE_RECORDS
-            or pending >= ENCODE_BYTES
-            or (frames > 1 and pending >= ENCODE_BYTES_BUSY)
-        ):
+        if frames > 1:
+            self._busy_until = self.loop.time() + BUSY_SPELL
+        if ENCODE_WHEN_BUSY and (frames > 1 or self._busy_until > self.loop.time()):
+            if not self._encode_soon:
+                self._encode_soon = True
+                self.loop.call_soon(self._encode_records)
+        elif recorder.backlog >= ENCODE_RECORDS or recorder.backlog_bytes >= ENCODE_BYTES:
             self._write_records()
-        elif self._write_timer is None and recorder.backlog:
+            return
+        if self._write_timer is None and recorder.backlog:
             self._write_timer = self.loop.call_later(FLUSH_DELAY, self._write_records)
+
+    def _encode_records(self) -> None:
+        self._encode_soon = False
+        recorder = self.recorder
+        recorder.encode(WRITE_BYTES)
+        if recorder.unwritten >= WRITE_BYTES:
+            self._write_records()
 
     def _write_records(self) -> None:
         if self._write_timer is not None:

@@ -59,6 +59,11 @@ class Recorder:
         """Records waiting to be encoded."""
         return len(self._pending)
 
+    @property
+    def unwritten(self) -> int:
+        """Encoded bytes the sinks hold until their next flush."""
+        return sum(getattr(sink, "buffered", 0) for sink in self.sinks)
+
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
