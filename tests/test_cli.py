@@ -140,13 +140,20 @@ def test_proxy_with_unusable_listen(tmp_path: Path, bus: Any) -> None:
     for listen, fragment in [
         (f"unix:path={tmp_path}/missing/p.sock", "cannot listen on"),
         (f"unix:path={not_a_socket}", "exists and is not a socket"),
-        ("tcp:host=256.0.0.1,port=1", "cannot listen on"),
+        ("tcp:host=256.0.0.1,port=1", "refusing to listen" if os.geteuid() == 0 else "cannot listen on"),
         ("nonsense", "no transport"),
     ]:
         r = ipcproxy("proxy", "--upstream", bus.address, "--listen", listen)
         assert_usage_error(r, fragment)
         assert r.stdout == ""
     assert not_a_socket.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal concerns a proxy running as root")
+def test_root_proxy_refuses_unauthenticated_tcp_clients(bus: Any) -> None:
+    """Over TCP nobody's uid is known: a root proxy would hand every local user root on the bus."""
+    r = ipcproxy("proxy", "--upstream", bus.address, "--listen", "tcp:host=127.0.0.1,port=0")
+    assert_usage_error(r, "TCP clients cannot be authenticated")
 
 
 def test_in_process_main_returns_usage_status(capsys: pytest.CaptureFixture[str]) -> None:

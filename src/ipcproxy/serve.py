@@ -17,6 +17,7 @@ from typing import Any
 from .chain import Chain, Interceptor
 from .cli import ExitStatus, UsageError
 from .dbus.address import AddressError
+from .dbus.address import parse as parse_address
 from .dbus.bus import Directory
 from .dbus.launcher import BusError, PrivateBus
 from .dbus.proxy import Proxy
@@ -165,7 +166,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
+def refuse_unauthenticated_root_listener(listen: str) -> None:
+    """A TCP client's uid cannot be known; as root, every such client would act as root on the bus."""
+    try:
+        transports = {address.transport for address in parse_address(listen)}
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
+    if "tcp" in transports and os.geteuid() == 0:
+        raise UsageError(
+            f"proxy: refusing to listen on {listen} as root: TCP clients cannot be authenticated, "
+            "so each would act as root on the bus; run the proxy as an unprivileged user"
+        )
+
+
 def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    refuse_unauthenticated_root_listener(args.listen)
     chain = build_chain(args)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
