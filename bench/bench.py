@@ -8,7 +8,9 @@ in the same repetition slot:
 1. **sd-bus client** -- the common yardstick in /work/shared/bench-dbus is
    set up (its ``setup.sh``) and run as it is (its ``bench.py``) with the
    configurations direct, ipcproxy, ipcproxy-mon (once ``ipcproxy monitor``
-   exists) and mon-pcap. Its table lacks the proxy's CPU for the ipcproxy row,
+   exists), mon-pcap (dbus-monitor --pcap) and pyfwd-proto-uvloop (a bare
+   Python byte forwarder: what any Python proxy costs before it parses or
+   records anything). Its table lacks the proxy's CPU for the ipcproxy row,
    so that is added from its raw results.
 2. **libdbus client** -- Debian's xdg-dbus-proxy 0.1.4 rejects sd-bus
    clients (they pipeline SASL), so a libdbus load generator of our own
@@ -492,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=float, default=0.3)
     ap.add_argument("--workloads", default="1x64,1x65536,64x64,64x65536", help="CONCxBYTES,...")
     ap.add_argument("--only", choices=("all", "shared", "libdbus"), default="all")
-    ap.add_argument("--shared-configs", default="direct,ipcproxy,ipcproxy-mon,mon-pcap")
+    ap.add_argument("--shared-configs", default="direct,ipcproxy,ipcproxy-mon,mon-pcap,pyfwd-proto-uvloop")
     ap.add_argument("--libdbus-configs", default=",".join(LIBDBUS_CONFIGS))
     ap.add_argument("--no-setup", action="store_true", help="reuse bench/out/harness and bench/out/build as they are")
     ap.add_argument("--out", help="result folder (default: bench/out/runs/<time>)")
