@@ -613,6 +613,7 @@ class Session:
                 and message.member == "NameOwnerChanged"
                 and message.sender == BUS_DRIVER_NAME
             ):
+                proxy.recorder.encode()  # records still waiting name the parties as they were
                 proxy.directory.observe(message)
         verdict: Verdict | None = None
         ctx: Context | None = None
@@ -658,6 +659,7 @@ class Session:
             unique = reply.args[0]
         except Exception:  # noqa: BLE001
             return
+        self.proxy.recorder.encode()  # records still waiting name the parties as they were
         self.unique_name = unique
         self.client_ep.bus_name = unique
         self.proxy.directory.register(unique, self.client_ep)
