@@ -54,14 +54,14 @@ class Envelope:
     by_exe: dict[str, str] = field(default_factory=dict)  # executable -> the named component it is in golden runs
 
     def align(self, canon: Canon) -> Canon:
-        """Name a faulty run's components as in the golden runs when only their executable is known."""
+        """Name a faulty run's components as in the golden runs when only their executable is known.
+
+        The name may already appear in the faulty run as a mere destination (a client calling a
+        service that never got its name); it is still the same component, so the two are merged.
+        """
         golden = set(self.models)
         present = canon.all_components()
-        names = {
-            exe: name
-            for exe, name in self.by_exe.items()
-            if exe in present and exe not in golden and name not in present
-        }
+        names = {exe: name for exe, name in self.by_exe.items() if exe in present and exe not in golden}
         return relabel(canon, names)
 
     def key(self, msg: Sent, as_sent: bool = False) -> str:
