@@ -97,6 +97,11 @@ def campaign_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except CampaignError as exc:
         print(f"ipcproxy campaign: {exc}", file=sys.stderr)
         return ExitStatus.FAILED
+    except KeyboardInterrupt:
+        # the interrupt landed between runs (while a finished run was being recorded): every run
+        # already in results.jsonl is kept, the rest is redone on resume
+        print("ipcproxy campaign: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except OSError as exc:
         raise UsageError(f"campaign: {exc}") from None
     out = Console(file=sys.stdout, width=160)
