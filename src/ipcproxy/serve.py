@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .chain import Chain, Interceptor
+from .chain import Chain
 from .cli import ExitStatus, UsageError
 from .dbus.address import AddressError
 from .dbus.address import parse as parse_address
@@ -122,7 +122,6 @@ class Service:
             raise
         self.recorder.event("proxy_start", upstream=self.proxy.upstream_text, listen=address)
         self.recorder.flush()
-        self.proxy.on_idle.append(self.resolver.kick)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.loop.add_signal_handler(signal.SIGHUP, reload_chain, self.chain)
@@ -314,7 +313,3 @@ async def _wait_for_names(directory: Directory, names: list[str], timeout: float
         if time.monotonic() > deadline:
             raise UsageError(f"run: {', '.join(missing)} did not appear on the bus within {timeout:.0f} s")
         await asyncio.sleep(0.05)
-
-
-def interceptors_of(chain: Chain) -> list[Interceptor]:
-    return list(chain.interceptors)

@@ -843,7 +843,6 @@ class Proxy:
         for sink in recorder.sinks:
             if isinstance(sink, JsonlWriter) and BACKGROUND_WRITES:
                 sink.start_background()
-        self.on_idle: list[Callable[[], None]] = []
 
     @property
     def address(self) -> str:

@@ -195,7 +195,6 @@ class Run:
         try:
             await asyncio.wait_for(resolver.start(), 10)
             address = proxy.listen()
-            proxy.on_idle.append(resolver.kick)
             kicker = loop.create_task(self._kick(resolver))
             env = {**base_env, "DBUS_SESSION_BUS_ADDRESS": address, "DBUS_SYSTEM_BUS_ADDRESS": address}
             os.makedirs(spec.log_dir, exist_ok=True)

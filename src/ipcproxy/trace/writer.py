@@ -10,8 +10,6 @@ crash loses at most those milliseconds.
 from __future__ import annotations
 
 import os
-import struct
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -112,38 +110,6 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
             rest = b"".join(batch)[written:]
             while rest:
                 rest = rest[os.write(fd, rest) :]
-
-
-class PcapWriter:
-    """Classic pcap, link type DLT_DBUS: each packet is one whole D-Bus message."""
-
-    def __init__(self, path: str, snaplen: int = 1 << 27) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        self._buf = bytearray(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, snaplen, DLT_DBUS))
-        self._epoch_offset = time.time_ns() - time.monotonic_ns()
-        self.flush()
-
-    def write(self, record: dict[str, Any], message: Message | None) -> None:
-        if message is None or not message.raw:
-            return
-        wall_ns = record.get("ts", 0) + self._epoch_offset
-        raw = message.raw
-        self._buf += struct.pack("<IIII", wall_ns // 1_000_000_000, wall_ns % 1_000_000_000, len(raw), len(raw))
-        self._buf += raw
-
-    def flush(self) -> None:
-        view = memoryview(self._buf)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        view.release()
-        self._buf.clear()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self.flush()
-            os.close(self._fd)
-            self._fd = -1
 
 
 def open_sink(path: str, header: dict[str, Any] | None = None) -> Sink:
