@@ -10,7 +10,8 @@ page faults per call.
     bench/ab.py 1x64 direct pyfwd ipcproxy --profile py-spy.txt   # last variant under py-spy
 
 A variant is ``direct``, ``pyfwd`` (the harness's uvloop Protocol forwarder),
-``xdp``, or ``ipcproxy [extra proxy options]`` optionally prefixed by
+``cfwd`` (bench/cfwd.c, a compiled epoll byte forwarder: the floor), ``xdp``,
+or ``ipcproxy [extra proxy options]`` optionally prefixed by
 ``env:NAME=VALUE,...``, ``set:CONSTANT=VALUE,...`` (constants of ipcproxy.dbus.proxy), ``exec:FILE.py``
 and/or ``trace:PATH`` (default: a file under bench/out; ``trace:none`` for no trace).
 """
@@ -27,7 +28,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BUILD, IPCPROXY, OUT, WORK, Stack, read_line, wait_for  # noqa: E402
+from bench import BUILD, IPCPROXY, OUT, WORK, Stack, build_cfwd, read_line, wait_for  # noqa: E402
 
 
 def proc_stat(pid: int) -> tuple[float, float, int]:
@@ -78,6 +79,10 @@ def run(variant: str, conc: int, size: int, args: argparse.Namespace, run_dir: s
                 ],
                 subprocess.PIPE,
             )
+            read_line(proc)
+            proxy_pid, address = proc.pid, f"unix:path={stack.proxy_socket}"
+        elif kind == "cfwd":
+            proc = stack.spawn("proxy", [build_cfwd(), bus_path, stack.proxy_socket], subprocess.PIPE)
             read_line(proc)
             proxy_pid, address = proc.pid, f"unix:path={stack.proxy_socket}"
         elif kind == "xdp":

@@ -12,11 +12,16 @@ in the same repetition slot:
    Python byte forwarder: what any Python proxy costs before it parses or
    records anything). Its table lacks the proxy's CPU for the ipcproxy row,
    so that is added from its raw results.
-2. **libdbus client** -- Debian's xdg-dbus-proxy 0.1.4 rejects sd-bus
+2. **sd-bus client, floor** -- the harness takes no configuration beyond
+   its own list, so the floor row runs here, with the harness's sd-bus load
+   generator and echo server: the direct bus and ``cfwd`` (``cfwd.c``, a
+   compiled epoll byte forwarder that parses nothing: what any
+   intermediary costs on this machine), each with its own direct row.
+3. **libdbus client** -- Debian's xdg-dbus-proxy 0.1.4 rejects sd-bus
    clients (they pipeline SASL), so a libdbus load generator of our own
    (``loadgen_libdbus.c``) drives the same echo server through: the direct
-   bus, xdg-dbus-proxy, ipcproxy (full recording), and the client under
-   ``strace`` (syscall capture of the client's sendmsg/recvmsg).
+   bus, cfwd, xdg-dbus-proxy, ipcproxy (full recording), and the client
+   under ``strace`` (syscall capture of the client's sendmsg/recvmsg).
 
 Every run gets a fresh private dbus-daemon; configurations are interleaved,
 in an order rotated per slot. Results go to bench/out/runs/<time>/.
@@ -24,6 +29,7 @@ in an order rotated per slot. Results go to bench/out/runs/<time>/.
     bench/run.sh                 # short: --reps 2 --window 2
     bench/run.sh --full          # --reps 5 --window 4
     bench/run.sh --only libdbus --workloads 64x64 --reps 3
+    bench/run.sh --only floor --workloads 1x64,64x64 --reps 3
 """
 
 from __future__ import annotations
@@ -48,11 +54,15 @@ HARNESS = os.environ.get("IPCPROXY_BENCH_HARNESS", "/work/shared/bench-dbus")
 WORK = os.path.join(OUT, "harness")  # where the shared harness is set up and built
 BUILD = os.path.join(OUT, "build")
 LOADGEN = os.path.join(BUILD, "loadgen_libdbus")
+SDBUS_LOADGEN = os.path.join(WORK, "loadgen")  # the shared harness's, built by its setup.sh
+CFWD = os.path.join(BUILD, "cfwd")
 IPCPROXY = os.environ.get("IPCPROXY") or os.path.join(ROOT, ".venv", "bin", "ipcproxy")
 XDP = os.environ.get("XDP", "xdg-dbus-proxy")
 NAME = "org.bench.Echo"
 WORKLOADS = [(1, 64), (1, 65536), (64, 64), (64, 65536)]
-LIBDBUS_CONFIGS = ["direct", "xdp", "ipcproxy", "ipcproxy-mon", "strace"]
+LIBDBUS_CONFIGS = ["direct", "cfwd", "xdp", "ipcproxy", "ipcproxy-mon", "strace"]
+FLOOR_CONFIGS = ["direct", "cfwd"]
+INTERMEDIARIES = ("cfwd", "xdp", "ipcproxy", "ipcproxy-mon")  # configurations whose "proxy" CPU is shown
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,6 +93,16 @@ def setup(logfile: str) -> None:
         ["gcc", "-O2", "-Wall", "-Wextra", "-o", LOADGEN, os.path.join(HERE, "loadgen_libdbus.c"), *flags],
         check=True,
     )
+    build_cfwd()
+
+
+def build_cfwd() -> str:
+    """Build the bare compiled forwarder (cfwd.c) into BUILD unless it is up to date; return its path."""
+    source = os.path.join(HERE, "cfwd.c")
+    if not os.path.exists(CFWD) or os.path.getmtime(CFWD) < os.path.getmtime(source):
+        os.makedirs(BUILD, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", CFWD, source], check=True)
+    return CFWD
 
 
 def monitor_available() -> bool:
@@ -234,7 +254,12 @@ class Stack:
             raise RuntimeError("echo_server did not start")
         self.client_address = bus_address
         proxy_address = f"unix:path={self.proxy_socket}"
-        if self.cfg == "xdp":
+        if self.cfg == "cfwd":
+            proxy = self.spawn("proxy", [CFWD, self.bus_socket, self.proxy_socket], subprocess.PIPE)
+            if read_line(proxy) != "READY":
+                raise RuntimeError("cfwd did not start")
+            self.client_address = proxy_address
+        elif self.cfg == "xdp":
             self.spawn("proxy", [XDP, bus_address, self.proxy_socket])
             wait_for(lambda: os.path.exists(self.proxy_socket), "xdg-dbus-proxy listening")
             self.client_address = proxy_address
@@ -284,14 +309,16 @@ class Stack:
                 os.unlink(path)
 
 
-def run_libdbus_one(cfg: str, conc: int, size: int, rep: int, args: argparse.Namespace, run_dir: str) -> dict[str, Any]:
+def run_stack_one(
+    cfg: str, conc: int, size: int, rep: int, args: argparse.Namespace, run_dir: str, loadgen: str
+) -> dict[str, Any]:
     result: dict[str, Any] = {"cfg": cfg, "conc": conc, "size": size, "rep": rep}
     stack = Stack(cfg, run_dir)
     try:
         stack.start()
         watched = {n: stack.pid(n) for n in ("bus", "server", "proxy")}
         before = {n: cpu_seconds(p) for n, p in watched.items() if p}
-        argv = [LOADGEN, "-a", stack.client_address, "-c", str(conc), "-s", str(size)]
+        argv = [loadgen, "-a", stack.client_address, "-c", str(conc), "-s", str(size)]
         argv += ["-d", str(args.window), "-w", str(args.warm)]
         client = subprocess.run(stack.client_prefix + argv, capture_output=True, timeout=args.window + args.warm + 120)
         after = {n: cpu_seconds(p) for n, p in watched.items() if p}
@@ -323,10 +350,11 @@ def run_libdbus_one(cfg: str, conc: int, size: int, rep: int, args: argparse.Nam
     return result
 
 
-def run_libdbus(args: argparse.Namespace, out_dir: str) -> list[dict[str, Any]]:
+def run_stacks(args: argparse.Namespace, out_dir: str, configs: list[str], loadgen: str) -> list[dict[str, Any]]:
+    """Every configuration on a Stack of our own, driven by ``loadgen``, interleaved as in the shared harness."""
+    configs = list(configs)
     run_dir = os.path.join(out_dir, "run")
     os.makedirs(run_dir, exist_ok=True)
-    configs = args.libdbus_configs.split(",")
     if "ipcproxy-mon" in configs and not monitor_available():
         log("`ipcproxy monitor` is not available yet: leaving out the ipcproxy-mon row")
         configs.remove("ipcproxy-mon")
@@ -336,7 +364,7 @@ def run_libdbus(args: argparse.Namespace, out_dir: str) -> list[dict[str, Any]]:
             for index, (conc, size) in enumerate(args.workload_list):
                 shift = (rep * len(args.workload_list) + index) % len(configs)
                 for cfg in configs[shift:] + configs[:shift]:
-                    result = run_libdbus_one(cfg, conc, size, rep, args, run_dir)
+                    result = run_stack_one(cfg, conc, size, rep, args, run_dir, loadgen)
                     results.append(result)
                     raw.write(json.dumps(result) + "\n")
                     raw.flush()
@@ -368,10 +396,12 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def libdbus_table(results: list[dict[str, Any]], configs: list[str], workloads: list[tuple[int, int]]) -> str:
+def stack_table(
+    results: list[dict[str, Any]], configs: list[str], workloads: list[tuple[int, int]], client: str
+) -> str:
     lines: list[str] = []
     for conc, size in workloads:
-        lines.append(f"\n#### libdbus client, concurrency {conc}, payload {size} B\n")
+        lines.append(f"\n#### {client} client, concurrency {conc}, payload {size} B\n")
         lines.append(
             "| config | calls/s (median) | min-max | x direct | p50 us | x direct | p99 us | x direct "
             "| intermediary CPU us/call | bus CPU us/call | trace records/call |"
@@ -383,7 +413,7 @@ def libdbus_table(results: list[dict[str, Any]], configs: list[str], workloads: 
                 lines.append(f"| {cfg} | FAILED | | | | | | | | | |")
                 continue
             cps = [r["cps"] for r in rs]
-            inter = "proxy" if cfg in ("xdp", "ipcproxy", "ipcproxy-mon") else None
+            inter = "proxy" if cfg in INTERMEDIARIES else None
             inter_cpu = median(
                 r["cpu"][inter] / r["replies"] * 1e6 if inter and inter in r["cpu"] and r["replies"] else None
                 for r in rs
@@ -493,8 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float)
     ap.add_argument("--warm", type=float, default=0.3)
     ap.add_argument("--workloads", default="1x64,1x65536,64x64,64x65536", help="CONCxBYTES,...")
-    ap.add_argument("--only", choices=("all", "shared", "libdbus"), default="all")
+    ap.add_argument("--only", choices=("all", "shared", "floor", "libdbus"), default="all")
     ap.add_argument("--shared-configs", default="direct,ipcproxy,ipcproxy-mon,mon-pcap,pyfwd-proto-uvloop")
+    ap.add_argument("--floor-configs", default=",".join(FLOOR_CONFIGS), help="sd-bus rows run here (direct, cfwd)")
     ap.add_argument("--libdbus-configs", default=",".join(LIBDBUS_CONFIGS))
     ap.add_argument("--no-setup", action="store_true", help="reuse bench/out/harness and bench/out/build as they are")
     ap.add_argument("--out", help="result folder (default: bench/out/runs/<time>)")
@@ -508,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     if not args.no_setup or not os.path.exists(LOADGEN):
         setup(os.path.join(out_dir, "setup.log"))
+    build_cfwd()
     command = "bench/run.sh " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%F %T")
     head = (
@@ -519,14 +551,25 @@ def main(argv: list[str] | None = None) -> int:
         shared_dir = os.path.join(out_dir, "shared")
         os.makedirs(shared_dir, exist_ok=True)
         parts.append("\n### sd-bus client (shared harness, /work/shared/bench-dbus)\n" + run_shared(args, shared_dir))
+    if args.only in ("all", "floor"):
+        floor_dir = os.path.join(out_dir, "floor")
+        os.makedirs(floor_dir, exist_ok=True)
+        configs = args.floor_configs.split(",")
+        results = run_stacks(args, floor_dir, configs, SDBUS_LOADGEN)
+        parts.append(
+            "\n### sd-bus client, floor (the harness's loadgen and echo_server, run by bench/bench.py)\n"
+            + stack_table(results, configs, args.workload_list, "sd-bus")
+            + "\ncfwd = bench/cfwd.c, a compiled epoll byte forwarder that parses nothing; x direct against "
+            "the direct row of this set.\n"
+        )
     if args.only in ("all", "libdbus"):
         libdbus_dir = os.path.join(out_dir, "libdbus")
         os.makedirs(libdbus_dir, exist_ok=True)
         configs = args.libdbus_configs.split(",")
-        results = run_libdbus(args, libdbus_dir)
+        results = run_stacks(args, libdbus_dir, configs, LOADGEN)
         parts.append(
             "\n### libdbus client (bench/loadgen_libdbus.c)\n"
-            + libdbus_table(results, configs, args.workload_list)
+            + stack_table(results, configs, args.workload_list, "libdbus")
             + "\nx direct = median over repetitions of config / direct in the same repetition slot. "
             "strace = the client under `strace -f -qq --seccomp-bpf -e trace=sendmsg,recvmsg -o FILE`.\n"
         )
@@ -535,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.write(text)
     print(text)
     log(f"results in {out_dir}")
-    shutil.rmtree(os.path.join(out_dir, "libdbus", "run"), ignore_errors=True)
+    for row_set in ("floor", "libdbus"):
+        shutil.rmtree(os.path.join(out_dir, row_set, "run"), ignore_errors=True)
     return 0
 
 
