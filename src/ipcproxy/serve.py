@@ -120,7 +120,12 @@ class Service:
             self.resolver.stop()
             await asyncio.sleep(0)  # let the resolver's task finish cancelling
             raise
-        self.recorder.event("proxy_start", upstream=self.proxy.upstream_text, listen=address)
+        self.recorder.event(
+            "proxy_start",
+            upstream=self.proxy.upstream_text,
+            listen=address,
+            forwarding="compiled" if self.proxy.plane is not None else "python",
+        )
         self.recorder.flush()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
@@ -152,7 +157,13 @@ class Service:
             task.cancel()
         self.proxy.close()
         self.resolver.stop()
-        self.recorder.event("proxy_stop", reason=self.stop_reason or "done")
+        plane = self.proxy.plane
+        if plane is not None:  # how many frames each path forwarded
+            self.recorder.event(
+                "proxy_stop", reason=self.stop_reason or "done", frames={"compiled": plane.compiled, "python": plane.handed}
+            )
+        else:
+            self.recorder.event("proxy_stop", reason=self.stop_reason or "done")
         self.recorder.close()
 
 

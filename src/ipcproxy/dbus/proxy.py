@@ -29,6 +29,7 @@ from ..chain import Chain, Context
 from ..model import BUS_DRIVER_NAME, Action, Direction, Endpoint, Message, MessageType, Verdict
 from ..trace.recorder import Recorder
 from ..trace.writer import JsonlWriter
+from . import plane as plane_entries
 from . import wire
 from .address import Address, AddressError, parse
 from .auth import AuthError, ClientAuth, ServerAuth
@@ -55,7 +56,8 @@ FLUSH_DELAY = 0.01  # ... or this many seconds after the first of them
 ENCODE_WHEN_BUSY = True  # when reads bring several frames, encode once per loop turn instead (see after_batch)
 BUSY_SPELL = 0.005  # ... and for this many seconds after such a read
 WRITE_BYTES = 256 * 1024  # ... and write once this much is encoded
-BACKGROUND_WRITES = True  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
+BACKGROUND_WRITES = True
+USE_PLANE = True  # carry connections in the compiled plane when nothing intercepts (IPCPROXY_PLANE=0: never)  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
 
 
 def tune_allocator() -> None:
@@ -233,6 +235,18 @@ class Conn:
             self._peer_paused = False
             self.peer.start_reading()
 
+    def detach(self) -> tuple[int, bytes]:
+        """Stop driving the socket and hand it over (to the compiled plane): its fd and unsent bytes."""
+        self.pause_reading()
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        unsent = b"".join(bytes(data) for data, _fds in self._out)
+        self._out.clear()
+        self._out_bytes = 0
+        self.closed = True
+        return self.sock.detach(), unsent
+
     def close(self, reason: str) -> None:
         if self.closed:
             return
@@ -400,6 +414,7 @@ class Session:
         self.closed = False
         self.close_reason = ""
         self._injected = INJECTED_SERIAL_BASE
+        self.plane: Any = None  # the compiled plane, once it carries this connection
 
     # setup
     def start(self) -> None:
@@ -484,6 +499,8 @@ class Session:
 
     # messages
     def _pump(self, parser: wire.FrameParser, direction: Direction) -> None:
+        if self.proxy.plane is not None and self._adopt():
+            return
         out = self.upstream if direction is Direction.TO_BUS else self.client
         assert out is not None
         batch: list[bytes] = []  # frames forwarded unchanged, in order, not yet written
@@ -577,10 +594,66 @@ class Session:
                         latency = now - pending[0]
                 record(raw, head, direction_name, conn, client, latency, now)
 
-    def _handle(self, message: Message, direction: Direction) -> Verdict | None:
+    # the compiled plane
+    def _adopt(self) -> bool:
+        """Hand both sockets to the compiled plane once both handshakes are over."""
+        upstream = self.upstream
+        if upstream is None or self.client_auth is None or not self.client_auth.done or not self.server_auth.done:
+            return False
+        if self.client_parser.take_fds() or self.bus_parser.take_fds():
+            return False  # cannot happen: fds are refused during authentication
+        plane = self.proxy.plane
+        self.plane = plane
+        client_unix_fds, bus_unix_fds = self.client.unix_fds, upstream.unix_fds
+        client_fd, to_client = self.client.detach()
+        bus_fd, to_bus = upstream.detach()
+        plane.adopt(
+            self.id,
+            client_fd,
+            bus_fd,
+            client_unix_fds,
+            bus_unix_fds,
+            self.client_ep,
+            self.client_parser.take_buffer(),
+            self.bus_parser.take_buffer(),
+            to_client,
+            to_bus,
+        )
+        return True
+
+    def slow_frame(self, raw: bytes, direction: Direction, ts_ns: int) -> None:
+        """A frame the plane does not forward alone: parse it strictly, record it, teach the plane its header."""
+        plane = self.plane
+        to_bus = direction is Direction.TO_BUS
+        try:
+            message = wire.parse_message(raw)
+            if message.unix_fds:
+                fds = plane.take_fds(self.id, to_bus, message.unix_fds)
+                message.fds = fds
+                if len(fds) < message.unix_fds:
+                    raise wire.FrameError(f"message announces {message.unix_fds} fds, {len(fds)} arrived")
+        except wire.FrameError as exc:
+            self.malformed("client" if to_bus else "bus", str(exc))
+            return
+        if self.closed:
+            _close_fds(message.fds)
+            return
+        entry = plane_entries.entry_for(message)
+        if entry is not None:
+            plane.learn(*entry)
+        verdict = self._handle(message, direction, ts_ns)
+        if verdict is not None and verdict.replacement is not None:
+            message = verdict.replacement  # a credentials reply rewritten (no interceptors run here)
+        plane.send(self.id, to_bus, message.raw, message.fds or None)
+
+    def malformed(self, side: str, reason: str) -> None:
+        self.proxy.recorder.event("malformed", connection=self.id, side=side, reason=reason)
+        self.close(f"malformed message from the {side}: {reason}")
+
+    def _handle(self, message: Message, direction: Direction, now: int = 0) -> Verdict | None:
         """Book-keeping and the chain; returns None for an unchanged forward."""
         proxy = self.proxy
-        now = time.monotonic_ns()
+        now = now or time.monotonic_ns()
         latency = None
         mtype = message.type
         call: Message | None = None
@@ -594,11 +667,18 @@ class Session:
                 if pending is not None:
                     latency = now - pending[0]
                     call = _as_message(pending[1])
+                elif self.plane is not None:
+                    since = self.plane.take_call(self.id, False, message.destination, message.reply_serial or 0)
+                    latency = None if since is None else now - since
         else:
             if mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
                 pending = self.pending_out.pop(message.reply_serial or 0, None)
+                if self.plane is not None:
+                    since = self.plane.take_call(self.id, True, None, message.reply_serial or 0)
+                    latency = None if since is None else now - since
                 if pending is not None:
-                    latency = now - pending[0]
+                    if self.plane is None:
+                        latency = now - pending[0]
                     call = _as_message(pending[1])
                     if message.reply_serial == self.hello_serial and mtype is MessageType.METHOD_RETURN:
                         self._hello_answered(message)
@@ -636,7 +716,13 @@ class Session:
             if ctx.message is not message:
                 message = ctx.message
         passes = verdict is None or verdict.passes
-        if passes and mtype is MessageType.METHOD_CALL and not message.no_reply_expected:
+        if passes and mtype is MessageType.METHOD_CALL and not message.no_reply_expected and self.plane is not None:
+            # the plane times every call; the call itself is kept only where its reply is looked at
+            to_bus = direction is Direction.TO_BUS
+            self.plane.note_call(self.id, to_bus, None if to_bus else message.sender, message.serial, now)
+            if to_bus and message.destination == BUS_DRIVER_NAME:
+                self.pending_out[message.serial] = (now, message)
+        elif passes and mtype is MessageType.METHOD_CALL and not message.no_reply_expected:
             if direction is Direction.TO_BUS:
                 self.pending_out[message.serial] = (now, message)
             else:
@@ -799,6 +885,8 @@ class Session:
             return
         self.closed = True
         self.close_reason = reason
+        if self.plane is not None:
+            self.plane.close(self.id)
         self.client.close(reason)
         if self.upstream is not None:
             self.upstream.close(reason)
@@ -839,6 +927,20 @@ class Proxy:
         self._encode_soon = False
         self._busy_until = 0.0
         self.headers = wire.HeaderCache()  # the fast path's header facts, shared by all sessions
+        # With nothing to intercept and every record going to JSON lines, authenticated
+        # connections are carried by the compiled plane (see _plane.c), if it is built.
+        self.plane: Any = None
+        if USE_PLANE and plane_entries.available() and not chain.interceptors and recorder.takes_lines:
+            self.plane = plane_entries.new_plane(
+                on_frame=self._plane_frame,
+                on_closed=self._plane_closed,
+                on_malformed=self._plane_malformed,
+                epoch_ns=recorder.epoch_ns,
+                record=recorder.active,
+                decode_args=recorder.decode_args,
+            )
+            recorder.attach_plane(self.plane)
+            self.loop.add_reader(self.plane.fileno(), self._plane_ready)
         tune_allocator()
         for sink in recorder.sinks:
             if isinstance(sink, JsonlWriter) and BACKGROUND_WRITES:
@@ -909,6 +1011,33 @@ class Proxy:
             session.start()
             self.after_batch()
 
+    # the compiled plane's callbacks
+    def _plane_ready(self) -> None:
+        frames = self.plane.run()
+        if frames:
+            self.after_batch(frames)
+
+    def _plane_frame(self, conn_id: int, from_client: bool, raw: bytes, ts_ns: int) -> None:
+        session = self.sessions.get(conn_id)
+        if session is not None:
+            session.slow_frame(raw, Direction.TO_BUS if from_client else Direction.FROM_BUS, ts_ns)
+
+    def _plane_closed(self, conn_id: int, reason: str) -> None:
+        session = self.sessions.get(conn_id)
+        if session is not None:
+            session.close(reason)
+
+    def _plane_malformed(self, conn_id: int, from_client: bool, head: bytes) -> None:
+        session = self.sessions.get(conn_id)
+        if session is None:
+            return
+        try:
+            wire.frame_size(head)
+            reason = "malformed fixed header"
+        except wire.FrameError as exc:
+            reason = str(exc)
+        session.malformed("client" if from_client else "bus", reason)
+
     def after_batch(self, frames: int = 1) -> None:
         """Record what was just forwarded, off the forwarding itself.
 
@@ -926,7 +1055,7 @@ class Proxy:
             if not self._encode_soon:
                 self._encode_soon = True
                 self.loop.call_soon(self._encode_records)
-        elif recorder.backlog >= ENCODE_RECORDS or recorder.backlog_bytes >= ENCODE_BYTES:
+        elif recorder.backlog >= ENCODE_RECORDS or recorder.pending_bytes >= ENCODE_BYTES:
             self._write_records()
             return
         if self._write_timer is None and recorder.backlog:
@@ -1013,6 +1142,10 @@ class Proxy:
                     os.unlink(addr.path)
         for session in list(self.sessions.values()):
             session.close("proxy stopping")
+        if self.plane is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self.plane.fileno())
+            self.plane.close_all()
         self._write_records()
 
 

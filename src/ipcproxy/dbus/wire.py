@@ -242,6 +242,13 @@ class FrameParser:
             message.fds = [self._fds.popleft() for _ in range(message.unix_fds)]
         return message
 
+    def take_buffer(self) -> bytes:
+        """Hand over the bytes not yet framed (the compiled plane carries on from them)."""
+        self._settle()
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def take_fds(self) -> list[int]:
         """Hand back fds that no message claimed (to close them)."""
         fds = list(self._fds)

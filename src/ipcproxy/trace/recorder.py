@@ -49,6 +49,21 @@ class Recorder:
         self._epoch_ns = time.time_ns() - time.monotonic_ns()
         self._lines = records.LineEncoder(self._epoch_ns)
         self._formats: dict[tuple[Any, ...], records.FrameFormat] = {}
+        self._plane: Any = None  # the proxy's compiled plane: its records interleave with ours
+
+    @property
+    def epoch_ns(self) -> int:
+        """Wall clock minus monotonic clock at start: turns record timestamps into times."""
+        return self._epoch_ns
+
+    @property
+    def takes_lines(self) -> bool:
+        """Every record can go out as a pre-encoded JSON line (no live view, no pcap)."""
+        return self.live is None and all(_takes_lines(sink) for sink in self.sinks)
+
+    def attach_plane(self, plane: Any) -> None:
+        """Number records from the plane's counter and encode its queued records with ours, in order."""
+        self._plane = plane
 
     @property
     def active(self) -> bool:
@@ -57,7 +72,16 @@ class Recorder:
     @property
     def backlog(self) -> int:
         """Records waiting to be encoded."""
+        if self._plane is not None:
+            return len(self._pending) + self._plane.pending
         return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Message bytes held for records waiting to be encoded."""
+        if self._plane is not None:
+            return self.backlog_bytes + self._plane.pending_bytes
+        return self.backlog_bytes
 
     @property
     def unwritten(self) -> int:
@@ -65,6 +89,9 @@ class Recorder:
         return sum(getattr(sink, "buffered", 0) for sink in self.sinks)
 
     def next_seq(self) -> int:
+        if self._plane is not None:
+            self.seq = self._plane.next_seq()
+            return self.seq
         self.seq += 1
         return self.seq
 
@@ -138,6 +165,12 @@ class Recorder:
         With ``write_every``, the sinks are flushed each time that many bytes are
         encoded: large arguments are then written while still in the CPU's cache.
         """
+        plane = self._plane
+        if plane is not None and plane.pending:
+            pending, self._pending = self._pending, []
+            self.backlog_bytes = 0
+            self._encode_with_plane(pending, write_every)
+            return
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -270,6 +303,37 @@ class Recorder:
                     add(shape.head_fmt % values + args + shape.tail_fmt % tail_values)
         self.written += len(pending)
         self._hand_over(chunks, write=False)
+
+    def _encode_with_plane(self, pending: list[tuple[Any, ...]], write_every: int) -> None:
+        """The plane's records, with ours (messages it left to Python, events) where their numbers fall."""
+        plane_records = self._plane.pending
+        pieces = self._plane.encode([item[0] for item in pending], self._plane_endpoints, WRITE_SLICE)
+        ours = iter(pending)
+        chunks: list[bytes] = []
+        encoded = 0
+        for piece in pieces:
+            if piece is None:
+                self._hand_over(chunks, write=False)
+                chunks = []
+                self._encode_lines([next(ours)])
+                continue
+            chunks.append(piece)
+            encoded += len(piece)
+            if write_every and encoded >= write_every:
+                self._hand_over(chunks, write=True)
+                chunks = []
+                encoded = 0
+        self._hand_over(chunks, write=False)
+        self.written += plane_records
+
+    def _plane_endpoints(
+        self, client: Endpoint, to_bus: bool, sender_name: str | None, destination_name: str | None
+    ) -> tuple[bytes, bytes]:
+        """The encoded endpoints of a plane record (as ``_frame_format`` resolves them)."""
+        endpoint = self._lines.endpoint
+        sender = client if sender_name is None and to_bus else self.resolve(sender_name)
+        destination = client if destination_name is None and not to_bus else self.resolve(destination_name)
+        return endpoint(sender), endpoint(destination)
 
     def _hand_over(self, chunks: list[bytes], write: bool) -> None:
         for writer in self.sinks:

@@ -1,0 +1,1428 @@
+/* The proxy's compiled data plane: forwarding and recording of the frames whose header
+ * the strict Python path has already checked once.
+ *
+ * Why: with every message recorded, the proxy's Python per-message work was most of its
+ * CPU, and on a machine where client, bus and service share two cores that CPU is what
+ * slows the bus down. Here one epoll set carries every authenticated connection; a frame
+ * whose header bytes (serials aside) were seen and accepted before is forwarded from the
+ * receive buffer as is, and queued for its trace record, without any Python object. Every
+ * other frame (the first of each header, anything from or to the bus driver, frames with
+ * fds, malformed ones) goes to the Python side (``on_frame``), which parses it strictly,
+ * records it, sends it through ``send`` and may teach the plane its header (``learn``).
+ * Records are encoded into JSON lines in bulk (``encode``), in seq order with the records
+ * the Python side made, which take their numbers from the same counter (``next_seq``).
+ *
+ * Everything runs on the event loop's thread: the loop watches ``fileno()`` and calls
+ * ``run()``, so there is no locking, and the Python callbacks run in program order.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "_args.h"
+
+#define FIXED_HEADER 16
+#define MAX_MESSAGE_SIZE (1u << 27)
+#define MAX_HEADER_FIELDS (1u << 26)
+#define MAX_ARRAY_LENGTH (1u << 26)
+#define MAX_UNIX_FDS 253
+#define READ_CHUNK (256 * 1024)
+#define HIGH_WATER (16u * 1024 * 1024)
+#define LOW_WATER (4u * 1024 * 1024)
+#define HEAD_LIMIT 4096
+#define KIND_NONE 0
+#define KIND_BYTES 1
+#define KIND_OTHER 2
+
+/* ------------------------------------------------------------------ header cache */
+
+typedef struct Head {
+    struct Head *next; /* hash chain */
+    uint64_t hash;
+    int refs;          /* the cache's own reference, plus one per queued record */
+    unsigned char *key;
+    size_t key_len;
+    long reply_at;     /* offset of the REPLY_SERIAL value, or -1 */
+    long body_at;
+    int kind;
+    int mtype;
+    int no_reply;
+    char *sig;
+    size_t sig_len;
+    PyObject *sender;      /* str or None: whom the endpoints are resolved for */
+    PyObject *destination; /* str or None */
+    PyObject *frag_head;   /* bytes: ,"transport":"dbus","type":"..." */
+    PyObject *frag_mid;    /* bytes: ,"path":...,"args": */
+    PyObject *frag_tail;   /* bytes: ,"fds":0,"flags":N,"verdict":"forwarded" */
+    PyObject *frag_dname;  /* bytes: ,"destination_name":"..." or empty */
+} Head;
+
+#define HEAD_BUCKETS 8192
+
+static uint64_t hash_bytes(uint64_t h, const unsigned char *p, size_t n) {
+    /* FNV-1a over 8-byte words: headers are short, and this is only a bucket index */
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+        p += 8;
+        n -= 8;
+    }
+    while (n--) h = (h ^ *p++) * 0x100000001b3ULL;
+    return h;
+}
+
+static void head_release(Head *h) {
+    if (--h->refs > 0) return;
+    free(h->key);
+    free(h->sig);
+    Py_XDECREF(h->sender);
+    Py_XDECREF(h->destination);
+    Py_XDECREF(h->frag_head);
+    Py_XDECREF(h->frag_mid);
+    Py_XDECREF(h->frag_tail);
+    Py_XDECREF(h->frag_dname);
+    free(h);
+}
+
+/* ------------------------------------------------------------------ pending calls (latency) */
+
+typedef struct {
+    uint32_t serial;   /* 0: empty slot */
+    uint8_t to_bus;    /* direction of the call */
+    uint8_t dead;      /* tombstone */
+    PyObject *name;    /* the caller's unique name for calls to our client, else NULL */
+    int64_t ts;
+} Pending;
+
+typedef struct {
+    Pending *slots;
+    size_t cap, used, live;
+} PendingTable;
+
+static int name_eq(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    if (a == NULL || b == NULL) return 0;
+    return PyUnicode_Compare(a, b) == 0;
+}
+
+static size_t pending_slot(uint32_t serial, int to_bus, size_t cap) {
+    return (size_t)((serial * 2654435761u) ^ (uint32_t)to_bus) & (cap - 1);
+}
+
+static int pending_grow(PendingTable *t);
+
+static int pending_put(PendingTable *t, int to_bus, PyObject *name, uint32_t serial, int64_t ts) {
+    if ((t->used + 1) * 2 > t->cap && pending_grow(t) < 0) return -1;
+    size_t i = pending_slot(serial, to_bus, t->cap);
+    for (;;) {
+        Pending *p = &t->slots[i];
+        if (p->serial == 0) {
+            p->serial = serial;
+            p->to_bus = (uint8_t)to_bus;
+            p->dead = 0;
+            Py_XINCREF(name);
+            p->name = name;
+            p->ts = ts;
+            t->used++;
+            t->live++;
+            return 0;
+        }
+        if (!p->dead && p->serial == serial && p->to_bus == to_bus && name_eq(p->name, name)) {
+            p->ts = ts; /* a serial reused before its reply: the newer call counts */
+            return 0;
+        }
+        i = (i + 1) & (t->cap - 1);
+    }
+}
+
+static int64_t pending_take(PendingTable *t, int to_bus, PyObject *name, uint32_t serial) {
+    if (t->cap == 0) return -1;
+    size_t i = pending_slot(serial, to_bus, t->cap);
+    for (;;) {
+        Pending *p = &t->slots[i];
+        if (p->serial == 0) return -1;
+        if (!p->dead && p->serial == serial && p->to_bus == to_bus && name_eq(p->name, name)) {
+            p->dead = 1;
+            Py_CLEAR(p->name);
+            t->live--;
+            return p->ts;
+        }
+        i = (i + 1) & (t->cap - 1);
+    }
+}
+
+static void pending_free(PendingTable *t) {
+    for (size_t i = 0; i < t->cap; i++) Py_XDECREF(t->slots[i].name);
+    free(t->slots);
+    t->slots = NULL;
+    t->cap = t->used = t->live = 0;
+}
+
+static int pending_grow(PendingTable *t) {
+    size_t cap = t->cap ? t->cap : 16;
+    while (t->live * 4 >= cap) cap *= 2; /* rehash drops tombstones */
+    if (cap < 16) cap = 16;
+    Pending *slots = calloc(cap, sizeof(Pending));
+    if (!slots) return -1;
+    Pending *old = t->slots;
+    size_t old_cap = t->cap;
+    t->slots = slots;
+    t->cap = cap;
+    t->used = t->live = 0;
+    for (size_t i = 0; i < old_cap; i++) {
+        Pending *p = &old[i];
+        if (p->serial && !p->dead) {
+            size_t j = pending_slot(p->serial, p->to_bus, cap);
+            while (slots[j].serial) j = (j + 1) & (cap - 1);
+            slots[j] = *p; /* the name reference moves */
+            t->used++;
+            t->live++;
+        }
+    }
+    free(old);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ connections */
+
+typedef struct Seg {
+    struct Seg *next;
+    size_t off, len, cap;
+    int nfds;
+    int *fds;
+    unsigned char *data;
+} Seg;
+
+struct Conn;
+
+typedef struct Side {
+    struct Conn *conn;
+    int idx; /* 0 client, 1 bus */
+    int fd;
+    int unix_fds;
+    int reading;
+    int writing;
+    int paused_peer;
+    unsigned char *in;
+    size_t in_start, in_len, in_cap;
+    int *fdq;
+    size_t fdq_start, fdq_len, fdq_cap;
+    Seg *out_head, *out_tail;
+    size_t out_bytes;
+} Side;
+
+typedef struct Conn {
+    struct Conn *next; /* id hash chain */
+    long id;
+    int closed;
+    int refs; /* the plane's, plus the duration of a run over it */
+    Side side[2];
+    PyObject *client_ep;
+    PendingTable pending;
+} Conn;
+
+#define CONN_BUCKETS 1024
+
+typedef struct {
+    uint64_t seq;
+    int64_t ts;
+    int64_t latency;
+    Head *head;
+    PyObject *client_ep;
+    uint32_t serial, reply_serial, size;
+    long conn;
+    uint8_t to_bus;
+    size_t off, len; /* arguments in the arena: raw array bytes (ay) or JSON (other) */
+} Rec;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    int closed;
+    int record;
+    int decode_args;
+    int64_t epoch_ns;
+    uint64_t seq;
+    PyObject *on_frame, *on_closed, *on_malformed;
+    Head *heads[HEAD_BUCKETS];
+    size_t nheads;
+    Conn *conns[CONN_BUCKETS];
+    Rec *recs;
+    size_t nrecs, caprecs;
+    unsigned char *arena;
+    size_t arena_len, arena_cap;
+    Conn *dead; /* closed during a run: freed once no run uses them */
+    int running;
+    unsigned long long n_compiled, n_handed; /* frames forwarded here alone / handed to Python */
+} Plane;
+
+static PyTypeObject PlaneType;
+
+static Conn *conn_find(Plane *pl, long id) {
+    for (Conn *c = pl->conns[(unsigned long)id % CONN_BUCKETS]; c; c = c->next)
+        if (c->id == id) return c;
+    return NULL;
+}
+
+static void close_fd_list(int *fds, size_t n) {
+    for (size_t i = 0; i < n; i++) close(fds[i]);
+}
+
+static void seg_free(Seg *s) {
+    if (s->fds) {
+        close_fd_list(s->fds, (size_t)s->nfds);
+        free(s->fds);
+    }
+    free(s->data);
+    free(s);
+}
+
+static void side_set_events(Plane *pl, Side *s) {
+    if (s->fd < 0) return;
+    struct epoll_event ev = {0};
+    ev.events = (s->reading ? EPOLLIN : 0) | (s->writing ? EPOLLOUT : 0);
+    ev.data.ptr = s;
+    epoll_ctl(pl->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+}
+
+/* send as much of the output queue as the socket takes; -1 on a fatal error (errno set) */
+static int side_flush(Side *s) {
+    while (s->out_head) {
+        Seg *g = s->out_head;
+        ssize_t n;
+        if (g->nfds && g->off == 0) {
+            struct iovec iov = {g->data, g->len};
+            char control[CMSG_SPACE(MAX_UNIX_FDS * sizeof(int))];
+            struct msghdr msg = {0};
+            msg.msg_iov = &iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control;
+            msg.msg_controllen = CMSG_SPACE(g->nfds * sizeof(int));
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(g->nfds * sizeof(int));
+            memcpy(CMSG_DATA(cm), g->fds, g->nfds * sizeof(int));
+            n = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                close_fd_list(g->fds, (size_t)g->nfds);
+                free(g->fds);
+                g->fds = NULL;
+                g->nfds = 0;
+            }
+        } else {
+            n = send(s->fd, g->data + g->off, g->len - g->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) return 0;
+            return -1;
+        }
+        g->off += (size_t)n;
+        s->out_bytes -= (size_t)n;
+        if (g->off < g->len) return 0;
+        s->out_head = g->next;
+        if (!s->out_head) s->out_tail = NULL;
+        seg_free(g);
+    }
+    return 0;
+}
+
+static int side_enqueue(Side *s, const unsigned char *data, size_t len, int *fds, int nfds) {
+    Seg *t = s->out_tail;
+    if (!nfds && t && !t->nfds && t->cap - t->len >= len) {
+        memcpy(t->data + t->len, data, len);
+        t->len += len;
+        s->out_bytes += len;
+        return 0;
+    }
+    Seg *g = calloc(1, sizeof(Seg));
+    if (!g) return -1;
+    g->cap = len < 65536 && !nfds ? 65536 : len;
+    g->data = malloc(g->cap ? g->cap : 1);
+    if (!g->data) {
+        free(g);
+        return -1;
+    }
+    memcpy(g->data, data, len);
+    g->len = len;
+    if (nfds) {
+        g->fds = malloc(sizeof(int) * (size_t)nfds);
+        if (!g->fds) {
+            free(g->data);
+            free(g);
+            return -1;
+        }
+        memcpy(g->fds, fds, sizeof(int) * (size_t)nfds);
+        g->nfds = nfds;
+    }
+    if (t)
+        t->next = g;
+    else
+        s->out_head = g;
+    s->out_tail = g;
+    s->out_bytes += len;
+    return 0;
+}
+
+static void conn_close(Plane *pl, Conn *c, const char *reason, int notify);
+
+/* write bytes (and fds, whose ownership passes to the plane) to a side, in order */
+static int side_write(Plane *pl, Side *s, const unsigned char *data, size_t len, int *fds, int nfds) {
+    Conn *c = s->conn;
+    if (c->closed || s->fd < 0) {
+        close_fd_list(fds, (size_t)nfds);
+        return 0;
+    }
+    if (!s->out_head && !nfds) {
+        ssize_t n = send(s->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR) {
+                char reason[160];
+                snprintf(reason, sizeof reason, "write failed: %s", strerror(errno));
+                conn_close(pl, c, reason, 1);
+                return -1;
+            }
+            n = 0;
+        }
+        if ((size_t)n == len) return 0;
+        data += n;
+        len -= (size_t)n;
+    }
+    if (side_enqueue(s, data, len, fds, nfds) < 0) {
+        close_fd_list(fds, (size_t)nfds);
+        conn_close(pl, c, "out of memory", 1);
+        return -1;
+    }
+    if (s->out_head == s->out_tail && s->out_head->off == 0 && !s->writing) {
+        /* first queued data: try once now (fds ride on the first byte of their frame) */
+        if (side_flush(s) < 0) {
+            char reason[160];
+            snprintf(reason, sizeof reason, "write failed: %s", strerror(errno));
+            conn_close(pl, c, reason, 1);
+            return -1;
+        }
+    }
+    if (s->out_head && !s->writing) {
+        s->writing = 1;
+        side_set_events(pl, s);
+    }
+    Side *src = &c->side[1 - s->idx];
+    if (s->out_bytes > HIGH_WATER && src->reading) {
+        src->reading = 0;
+        s->paused_peer = 1;
+        side_set_events(pl, src);
+    }
+    return 0;
+}
+
+static void side_drop(Side *s) {
+    while (s->out_head) {
+        Seg *g = s->out_head;
+        s->out_head = g->next;
+        seg_free(g);
+    }
+    s->out_tail = NULL;
+    s->out_bytes = 0;
+    if (s->fdq) {
+        close_fd_list(s->fdq + s->fdq_start, s->fdq_len - s->fdq_start);
+        free(s->fdq);
+        s->fdq = NULL;
+    }
+    free(s->in);
+    s->in = NULL;
+}
+
+static void conn_free(Conn *c) {
+    side_drop(&c->side[0]);
+    side_drop(&c->side[1]);
+    pending_free(&c->pending);
+    Py_XDECREF(c->client_ep);
+    free(c);
+}
+
+static void conn_unlink(Plane *pl, Conn *c) {
+    Conn **pp = &pl->conns[(unsigned long)c->id % CONN_BUCKETS];
+    while (*pp && *pp != c) pp = &(*pp)->next;
+    if (*pp) *pp = c->next;
+}
+
+/* Close both sockets (best effort: queued output first), and tell Python unless it asked. */
+static void conn_close(Plane *pl, Conn *c, const char *reason, int notify) {
+    if (c->closed) return;
+    c->closed = 1;
+    for (int i = 0; i < 2; i++) {
+        Side *s = &c->side[i];
+        if (s->fd < 0) continue;
+        epoll_ctl(pl->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        if (s->out_head) side_flush(s); /* let a pending error reply reach its peer */
+        close(s->fd);
+        s->fd = -1;
+    }
+    conn_unlink(pl, c);
+    c->next = pl->dead;
+    pl->dead = c;
+    if (notify && pl->on_closed) {
+        PyObject *r = PyObject_CallFunction(pl->on_closed, "ls", c->id, reason);
+        if (!r)
+            PyErr_WriteUnraisable(pl->on_closed);
+        else
+            Py_DECREF(r);
+    }
+}
+
+static void reap_dead(Plane *pl) {
+    if (pl->running) return;
+    while (pl->dead) {
+        Conn *c = pl->dead;
+        pl->dead = c->next;
+        conn_free(c);
+    }
+}
+
+/* ------------------------------------------------------------------ records */
+
+static int arena_reserve(Plane *pl, size_t extra) {
+    if (pl->arena_cap - pl->arena_len >= extra) return 0;
+    size_t cap = pl->arena_cap ? pl->arena_cap : 1 << 20;
+    while (cap - pl->arena_len < extra) cap *= 2;
+    unsigned char *p = realloc(pl->arena, cap);
+    if (!p) return -1;
+    pl->arena = p;
+    pl->arena_cap = cap;
+    return 0;
+}
+
+static Rec *rec_new(Plane *pl) {
+    if (pl->nrecs == pl->caprecs) {
+        size_t cap = pl->caprecs ? pl->caprecs * 2 : 1024;
+        Rec *r = realloc(pl->recs, cap * sizeof(Rec));
+        if (!r) return NULL;
+        pl->recs = r;
+        pl->caprecs = cap;
+    }
+    return &pl->recs[pl->nrecs++];
+}
+
+static inline uint32_t rd32(const unsigned char *p, int little) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return little ? v : __builtin_bswap32(v);
+}
+
+/* The cached header of a frame, or NULL (the frame then takes the Python path). */
+static Head *lookup(Plane *pl, const unsigned char *f, size_t total, size_t end, uint32_t *reply_serial) {
+    static const unsigned char rs[4] = {5, 1, 'u', 0};
+    const unsigned char *at = memmem(f + FIXED_HEADER, end - FIXED_HEADER, rs, 4);
+    uint64_t h = hash_bytes(0xcbf29ce484222325ULL, f, 4);
+    long value_at = -1;
+    if (at) {
+        value_at = (long)(at - f) + 4;
+        if ((size_t)value_at + 4 > end) return NULL;
+        h = hash_bytes(h, f + FIXED_HEADER, (size_t)value_at - FIXED_HEADER);
+        h = hash_bytes(h, f + value_at + 4, end - (size_t)value_at - 4);
+    } else {
+        h = hash_bytes(h, f + FIXED_HEADER, end - FIXED_HEADER);
+    }
+    Head *hd = pl->heads[h % HEAD_BUCKETS];
+    size_t key_len = end - 12 - (at ? 4 : 0);
+    for (; hd; hd = hd->next) {
+        if (hd->hash != h || hd->key_len != key_len || hd->reply_at != value_at) continue;
+        if (memcmp(hd->key, f, 4) != 0) continue;
+        if (at) {
+            size_t a = (size_t)value_at - FIXED_HEADER;
+            if (memcmp(hd->key + 4, f + FIXED_HEADER, a) != 0) continue;
+            if (memcmp(hd->key + 4 + a, f + value_at + 4, end - (size_t)value_at - 4) != 0) continue;
+        } else if (memcmp(hd->key + 4, f + FIXED_HEADER, end - FIXED_HEADER) != 0) {
+            continue;
+        }
+        break;
+    }
+    if (!hd) return NULL;
+    int little = f[0] == 'l';
+    if (at) {
+        *reply_serial = rd32(f + value_at, little);
+        if (!*reply_serial) return NULL;
+    } else {
+        *reply_serial = 0;
+    }
+    size_t body_len = total - (size_t)hd->body_at;
+    if (hd->kind == KIND_NONE) {
+        if (body_len) return NULL;
+    } else if (hd->kind == KIND_BYTES) {
+        if (body_len < 4) return NULL;
+        uint32_t n = rd32(f + hd->body_at, little);
+        if ((size_t)n + 4 != body_len || n > MAX_ARRAY_LENGTH) return NULL;
+    } else if (!body_len) {
+        return NULL;
+    }
+    return hd;
+}
+
+/* Queue the record of a forwarded frame; 1 if it cannot be taken here (Python must). */
+static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned char *f, size_t total,
+                        uint32_t serial, uint32_t reply_serial, int64_t now) {
+    int64_t latency = -1;
+    int little = f[0] == 'l';
+    /* the JSON of other bodies is made now: it is also the check the strict path would do */
+    size_t off = pl->arena_len, len = 0;
+    if (hd->kind == KIND_OTHER) {
+        jbuf jb = {(char *)pl->arena, pl->arena_len, pl->arena_cap};
+        int rc = args_to_json(&jb, f + hd->body_at, total - (size_t)hd->body_at, hd->sig, hd->sig_len, little);
+        pl->arena = (unsigned char *)jb.p;
+        pl->arena_cap = jb.cap;
+        if (rc != 0) return 1;
+        len = jb.len - off;
+        if (!pl->record || !pl->decode_args) len = 0;
+        pl->arena_len = off + len;
+    }
+    if (hd->mtype == 1) {
+        if (!hd->no_reply && pending_put(&c->pending, to_bus, to_bus ? NULL : hd->sender, serial, now) < 0) return 1;
+    } else if (hd->mtype != 4) {
+        int64_t t = to_bus ? pending_take(&c->pending, 0, hd->destination, reply_serial)
+                           : pending_take(&c->pending, 1, NULL, reply_serial);
+        if (t >= 0) latency = now - t;
+    }
+    if (!pl->record) return 0;
+    if (hd->kind == KIND_BYTES && pl->decode_args) {
+        len = total - (size_t)hd->body_at - 4;
+        if (arena_reserve(pl, len) < 0) return 1;
+        memcpy(pl->arena + pl->arena_len, f + hd->body_at + 4, len);
+        pl->arena_len += len;
+    }
+    Rec *r = rec_new(pl);
+    if (!r) return 1;
+    r->seq = ++pl->seq;
+    r->ts = now;
+    r->latency = latency;
+    r->head = hd;
+    hd->refs++;
+    r->client_ep = c->client_ep;
+    Py_INCREF(c->client_ep);
+    r->serial = serial;
+    r->reply_serial = reply_serial;
+    r->size = (uint32_t)total;
+    r->conn = c->id;
+    r->to_bus = (uint8_t)to_bus;
+    r->off = off;
+    r->len = len;
+    return 0;
+}
+
+static void malformed(Plane *pl, Conn *c, int idx, const unsigned char *f) {
+    PyObject *r = PyObject_CallFunction(pl->on_malformed, "liy#", c->id, idx == 0, (const char *)f,
+                                        (Py_ssize_t)FIXED_HEADER);
+    if (!r)
+        PyErr_WriteUnraisable(pl->on_malformed);
+    else
+        Py_DECREF(r);
+    conn_close(pl, c, "malformed message", 0);
+}
+
+/* Hand a frame to Python; returns -1 if the connection is gone afterwards. */
+static int slow_frame(Plane *pl, Conn *c, int idx, const unsigned char *f, size_t total, int64_t now) {
+    PyObject *r = PyObject_CallFunction(pl->on_frame, "liy#L", c->id, idx == 0, (const char *)f, (Py_ssize_t)total,
+                                        (long long)now);
+    if (!r) {
+        PyErr_WriteUnraisable(pl->on_frame);
+        conn_close(pl, c, "internal error handling a message", 1);
+        return -1;
+    }
+    Py_DECREF(r);
+    return c->closed ? -1 : 0;
+}
+
+static int64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Forward the complete frames in a side's receive buffer; returns frames handled. */
+static long process(Plane *pl, Side *s, int64_t now) {
+    Conn *c = s->conn;
+    Side *dst = &c->side[1 - s->idx];
+    int to_bus = s->idx == 0;
+    size_t pos = s->in_start, run = pos;
+    long frames = 0;
+    while (!c->closed && s->in_len - pos >= FIXED_HEADER) {
+        const unsigned char *f = s->in + pos;
+        int little = f[0] == 'l';
+        if ((f[0] != 'l' && f[0] != 'B') || f[1] < 1 || f[1] > 4 || f[3] != 1) {
+            if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
+            malformed(pl, c, s->idx, f);
+            return frames;
+        }
+        uint32_t body_len = rd32(f + 4, little), serial = rd32(f + 8, little), fields_len = rd32(f + 12, little);
+        uint64_t end = FIXED_HEADER + (uint64_t)fields_len;
+        uint64_t total = end + ((8 - (fields_len & 7)) & 7) + body_len;
+        if (fields_len > MAX_HEADER_FIELDS || total > MAX_MESSAGE_SIZE) {
+            if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
+            malformed(pl, c, s->idx, f);
+            return frames;
+        }
+        if (s->in_len - pos < total) {
+            if (s->in_cap - s->in_start < total) {
+                /* make room for the whole frame: move what we have to the front and grow */
+                if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
+                memmove(s->in, s->in + pos, s->in_len - pos);
+                s->in_len -= pos;
+                pos = run = s->in_start = 0;
+                if (s->in_cap < total) {
+                    unsigned char *p = realloc(s->in, total);
+                    if (!p) {
+                        conn_close(pl, c, "out of memory", 1);
+                        return frames;
+                    }
+                    s->in = p;
+                    s->in_cap = total;
+                }
+            }
+            break;
+        }
+        frames++;
+        uint32_t reply_serial = 0;
+        Head *hd = serial && s->fdq_len == s->fdq_start ? lookup(pl, f, total, end, &reply_serial) : NULL;
+        if (hd && record_frame(pl, c, to_bus, hd, f, total, serial, reply_serial, now) == 0) {
+            pl->n_compiled++;
+            pos += total;
+            continue;
+        }
+        if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
+        size_t here = pos;
+        pos += total;
+        run = pos;
+        s->in_start = pos; /* a re-entrant close or read must not see this frame again */
+        pl->n_handed++;
+        if (slow_frame(pl, c, s->idx, s->in + here, total, now) < 0) return frames;
+    }
+    if (c->closed) return frames;
+    if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
+    s->in_start = pos;
+    if (s->in_start == s->in_len) s->in_start = s->in_len = 0;
+    return frames;
+}
+
+static long side_readable(Plane *pl, Side *s) {
+    Conn *c = s->conn;
+    if (s->in_cap - s->in_len < READ_CHUNK / 4) {
+        if (s->in_start) {
+            memmove(s->in, s->in + s->in_start, s->in_len - s->in_start);
+            s->in_len -= s->in_start;
+            s->in_start = 0;
+        }
+        if (s->in_cap - s->in_len < READ_CHUNK / 4) {
+            size_t cap = s->in_cap ? s->in_cap * 2 : READ_CHUNK;
+            unsigned char *p = realloc(s->in, cap);
+            if (!p) {
+                conn_close(pl, c, "out of memory", 1);
+                return 0;
+            }
+            s->in = p;
+            s->in_cap = cap;
+        }
+    }
+    ssize_t n;
+    if (s->unix_fds) {
+        char control[CMSG_SPACE(MAX_UNIX_FDS * sizeof(int))];
+        struct iovec iov = {s->in + s->in_len, s->in_cap - s->in_len};
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        n = recvmsg(s->fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n >= 0) {
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+                size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                if (s->fdq_len + k > s->fdq_cap) {
+                    size_t cap = (s->fdq_len + k) * 2;
+                    int *q = realloc(s->fdq, cap * sizeof(int));
+                    if (!q) {
+                        close_fd_list((int *)CMSG_DATA(cm), k);
+                        continue;
+                    }
+                    s->fdq = q;
+                    s->fdq_cap = cap;
+                }
+                memcpy(s->fdq + s->fdq_len, CMSG_DATA(cm), k * sizeof(int));
+                s->fdq_len += k;
+            }
+            if (msg.msg_flags & MSG_CTRUNC) {
+                conn_close(pl, c, "too many file descriptors in one message (control data truncated)", 1);
+                return 0;
+            }
+        }
+    } else {
+        n = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
+    }
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return 0;
+        char reason[160];
+        snprintf(reason, sizeof reason, "read failed: %s", strerror(errno));
+        conn_close(pl, c, reason, 1);
+        return 0;
+    }
+    if (n == 0) {
+        conn_close(pl, c, "closed by peer", 1);
+        return 0;
+    }
+    s->in_len += (size_t)n;
+    return process(pl, s, monotonic_ns());
+}
+
+static void side_writable(Plane *pl, Side *s) {
+    Conn *c = s->conn;
+    if (side_flush(s) < 0) {
+        char reason[160];
+        snprintf(reason, sizeof reason, "write failed: %s", strerror(errno));
+        conn_close(pl, c, reason, 1);
+        return;
+    }
+    if (!s->out_head && s->writing) {
+        s->writing = 0;
+        side_set_events(pl, s);
+    }
+    if (s->paused_peer && s->out_bytes < LOW_WATER) {
+        s->paused_peer = 0;
+        Side *src = &c->side[1 - s->idx];
+        if (!src->reading) {
+            src->reading = 1;
+            side_set_events(pl, src);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ Python methods */
+
+static PyObject *plane_run(Plane *pl, PyObject *Py_UNUSED(ignored)) {
+    struct epoll_event evs[128];
+    long frames = 0;
+    if (pl->closed) return PyLong_FromLong(0);
+    pl->running++;
+    for (int turn = 0; turn < 4; turn++) {
+        int n = epoll_wait(pl->epfd, evs, 128, 0);
+        if (n <= 0) break;
+        for (int i = 0; i < n; i++) {
+            Side *s = evs[i].data.ptr;
+            Conn *c = s->conn;
+            if (c->closed) continue; /* closed earlier in this batch */
+            if (evs[i].events & (EPOLLOUT | EPOLLERR)) side_writable(pl, s);
+            if (c->closed) continue;
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                if (s->reading)
+                    frames += side_readable(pl, s);
+                else if (!(evs[i].events & EPOLLIN) && !s->writing)
+                    conn_close(pl, c, "closed by peer", 1);
+            }
+        }
+        if (n < 128 || pl->arena_len > (1u << 20)) break;
+    }
+    pl->running--;
+    reap_dead(pl);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(frames);
+}
+
+static int take_buffer(Side *s, PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return -1;
+    size_t cap = (size_t)view.len > READ_CHUNK ? (size_t)view.len : READ_CHUNK;
+    s->in = malloc(cap);
+    if (!s->in) {
+        PyBuffer_Release(&view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(s->in, view.buf, (size_t)view.len);
+    s->in_cap = cap;
+    s->in_len = (size_t)view.len;
+    s->in_start = 0;
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+static PyObject *adopt(Plane *pl, long id, int cfd, int bfd, int cfds, int bfds, PyObject *client_ep, PyObject *cbuf,
+                       PyObject *bbuf, Py_buffer *cout, Py_buffer *bout);
+
+static PyObject *plane_adopt(Plane *pl, PyObject *args) {
+    long id;
+    int cfd, bfd, cfds, bfds;
+    PyObject *client_ep, *cbuf, *bbuf;
+    Py_buffer cout, bout;
+    if (!PyArg_ParseTuple(args, "liippOOOy*y*", &id, &cfd, &bfd, &cfds, &bfds, &client_ep, &cbuf, &bbuf, &cout, &bout))
+        return NULL;
+    PyObject *r = adopt(pl, id, cfd, bfd, cfds, bfds, client_ep, cbuf, bbuf, &cout, &bout);
+    PyBuffer_Release(&cout);
+    PyBuffer_Release(&bout);
+    return r;
+}
+
+static PyObject *adopt(Plane *pl, long id, int cfd, int bfd, int cfds, int bfds, PyObject *client_ep, PyObject *cbuf,
+                       PyObject *bbuf, Py_buffer *cout, Py_buffer *bout) {
+    if (pl->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "plane closed");
+        return NULL;
+    }
+    Conn *c = calloc(1, sizeof(Conn));
+    if (!c) return PyErr_NoMemory();
+    c->id = id;
+    c->client_ep = client_ep;
+    Py_INCREF(client_ep);
+    int fds[2] = {cfd, bfd}, ufds[2] = {cfds, bfds};
+    PyObject *bufs[2] = {cbuf, bbuf};
+    for (int i = 0; i < 2; i++) {
+        Side *s = &c->side[i];
+        s->conn = c;
+        s->idx = i;
+        s->fd = fds[i];
+        s->unix_fds = ufds[i];
+        s->reading = 1;
+        if (take_buffer(s, bufs[i]) < 0) {
+            close(cfd);
+            close(bfd);
+            c->side[0].fd = c->side[1].fd = -1;
+            conn_free(c);
+            return NULL;
+        }
+    }
+    c->next = pl->conns[(unsigned long)id % CONN_BUCKETS];
+    pl->conns[(unsigned long)id % CONN_BUCKETS] = c;
+    for (int i = 0; i < 2; i++) {
+        struct epoll_event ev = {0};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &c->side[i];
+        if (epoll_ctl(pl->epfd, EPOLL_CTL_ADD, fds[i], &ev) < 0) {
+            char reason[160];
+            snprintf(reason, sizeof reason, "cannot watch the connection: %s", strerror(errno));
+            conn_close(pl, c, reason, 1);
+            reap_dead(pl);
+            Py_RETURN_NONE;
+        }
+    }
+    /* what authentication left unsent goes first, then the frames that came with its end */
+    long frames = 0;
+    pl->running++;
+    Py_buffer *unsent[2] = {cout, bout};
+    for (int i = 0; i < 2 && !c->closed; i++)
+        if (unsent[i]->len) side_write(pl, &c->side[i], unsent[i]->buf, (size_t)unsent[i]->len, NULL, 0);
+    int64_t now = monotonic_ns();
+    for (int i = 0; i < 2 && !c->closed; i++)
+        if (c->side[i].in_len) frames += process(pl, &c->side[i], now);
+    pl->running--;
+    reap_dead(pl);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(frames);
+}
+
+static PyObject *plane_send(Plane *pl, PyObject *args) {
+    long id;
+    int to_bus;
+    Py_buffer data;
+    PyObject *fdlist = Py_None;
+    if (!PyArg_ParseTuple(args, "lpy*|O", &id, &to_bus, &data, &fdlist)) return NULL;
+    int fds[MAX_UNIX_FDS];
+    int nfds = 0;
+    if (fdlist != Py_None) {
+        Py_ssize_t n = PySequence_Length(fdlist);
+        if (n < 0 || n > MAX_UNIX_FDS) {
+            PyBuffer_Release(&data);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "too many fds");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *o = PySequence_GetItem(fdlist, i);
+            if (!o) {
+                PyBuffer_Release(&data);
+                return NULL;
+            }
+            fds[nfds++] = (int)PyLong_AsLong(o);
+            Py_DECREF(o);
+        }
+    }
+    Conn *c = conn_find(pl, id);
+    if (!c || c->closed) {
+        close_fd_list(fds, (size_t)nfds);
+        PyBuffer_Release(&data);
+        Py_RETURN_FALSE;
+    }
+    pl->running++;
+    int rc = side_write(pl, &c->side[to_bus ? 1 : 0], data.buf, (size_t)data.len, fds, nfds);
+    pl->running--;
+    PyBuffer_Release(&data);
+    reap_dead(pl);
+    if (rc < 0) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *plane_take_fds(Plane *pl, PyObject *args) {
+    long id;
+    int from_client;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "lpn", &id, &from_client, &n)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Conn *c = conn_find(pl, id);
+    if (!c) return out;
+    Side *s = &c->side[from_client ? 0 : 1];
+    while (n-- > 0 && s->fdq_start < s->fdq_len) {
+        PyObject *v = PyLong_FromLong(s->fdq[s->fdq_start++]);
+        if (!v || PyList_Append(out, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    if (s->fdq_start == s->fdq_len) s->fdq_start = s->fdq_len = 0;
+    return out;
+}
+
+static PyObject *plane_close(Plane *pl, PyObject *args) {
+    long id;
+    if (!PyArg_ParseTuple(args, "l", &id)) return NULL;
+    Conn *c = conn_find(pl, id);
+    if (c) {
+        conn_close(pl, c, "", 0);
+        reap_dead(pl);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *plane_learn(Plane *pl, PyObject *args) {
+    Py_buffer key, sig;
+    long reply_at, body_at;
+    int kind, mtype, no_reply;
+    PyObject *sender, *destination, *fh, *fm, *ft, *fd;
+    if (!PyArg_ParseTuple(args, "y*llpiiOOy*SSSS", &key, &reply_at, &body_at, &no_reply, &kind, &mtype, &sender,
+                          &destination, &sig, &fh, &fm, &ft, &fd))
+        return NULL;
+    PyObject *result = NULL;
+    if (key.len < 4) {
+        PyErr_SetString(PyExc_ValueError, "key too short");
+        goto done;
+    }
+    const unsigned char *k = key.buf;
+    /* the same hash lookup() computes over the frame */
+    uint64_t h = hash_bytes(0xcbf29ce484222325ULL, k, 4);
+    size_t rest = (size_t)key.len - 4;
+    if (reply_at >= 0) {
+        size_t a = (size_t)reply_at - FIXED_HEADER;
+        if (a > rest) {
+            PyErr_SetString(PyExc_ValueError, "reply_at outside the key");
+            goto done;
+        }
+        h = hash_bytes(h, k + 4, a);
+        h = hash_bytes(h, k + 4 + a, rest - a);
+    } else {
+        h = hash_bytes(h, k + 4, rest);
+    }
+    for (Head *o = pl->heads[h % HEAD_BUCKETS]; o; o = o->next)
+        if (o->hash == h && o->key_len == (size_t)key.len && o->reply_at == reply_at &&
+            memcmp(o->key, k, (size_t)key.len) == 0) {
+            result = Py_NewRef(Py_False);
+            goto done;
+        }
+    if (pl->nheads >= HEAD_LIMIT) {
+        /* forget them all: records still queued keep their own reference */
+        for (size_t b = 0; b < HEAD_BUCKETS; b++) {
+            Head *o = pl->heads[b];
+            while (o) {
+                Head *next = o->next;
+                head_release(o);
+                o = next;
+            }
+            pl->heads[b] = NULL;
+        }
+        pl->nheads = 0;
+    }
+    Head *hd = calloc(1, sizeof(Head));
+    if (!hd) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    hd->key = malloc((size_t)key.len);
+    hd->sig = malloc((size_t)sig.len + 1);
+    if (!hd->key || !hd->sig) {
+        free(hd->key);
+        free(hd->sig);
+        free(hd);
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(hd->key, k, (size_t)key.len);
+    hd->key_len = (size_t)key.len;
+    memcpy(hd->sig, sig.buf, (size_t)sig.len);
+    hd->sig[sig.len] = 0;
+    hd->sig_len = (size_t)sig.len;
+    hd->hash = h;
+    hd->refs = 1;
+    hd->reply_at = reply_at;
+    hd->body_at = body_at;
+    hd->kind = kind;
+    hd->mtype = mtype;
+    hd->no_reply = no_reply;
+    hd->sender = Py_NewRef(sender);
+    hd->destination = Py_NewRef(destination);
+    hd->frag_head = Py_NewRef(fh);
+    hd->frag_mid = Py_NewRef(fm);
+    hd->frag_tail = Py_NewRef(ft);
+    hd->frag_dname = Py_NewRef(fd);
+    hd->next = pl->heads[h % HEAD_BUCKETS];
+    pl->heads[h % HEAD_BUCKETS] = hd;
+    pl->nheads++;
+    result = Py_NewRef(Py_True);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&sig);
+    return result;
+}
+
+static PyObject *plane_note_call(Plane *pl, PyObject *args) {
+    long id;
+    int to_bus;
+    PyObject *name;
+    unsigned long serial;
+    long long ts;
+    if (!PyArg_ParseTuple(args, "lpOkL", &id, &to_bus, &name, &serial, &ts)) return NULL;
+    Conn *c = conn_find(pl, id);
+    if (c && serial && pending_put(&c->pending, to_bus, name == Py_None ? NULL : name, (uint32_t)serial, ts) < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *plane_take_call(Plane *pl, PyObject *args) {
+    long id;
+    int to_bus;
+    PyObject *name;
+    unsigned long serial;
+    if (!PyArg_ParseTuple(args, "lpOk", &id, &to_bus, &name, &serial)) return NULL;
+    Conn *c = conn_find(pl, id);
+    if (!c) Py_RETURN_NONE;
+    int64_t ts = pending_take(&c->pending, to_bus, name == Py_None ? NULL : name, (uint32_t)serial);
+    if (ts < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ts);
+}
+
+static PyObject *plane_next_seq(Plane *pl, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromUnsignedLongLong(++pl->seq);
+}
+
+/* -- encoding */
+
+static inline int put(jbuf *b, const void *p, size_t n) {
+    if (b->cap - b->len < n && jbuf_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static inline int put_bytes(jbuf *b, PyObject *o) {
+    return put(b, PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+}
+
+static inline char *fmt_u64(char *end, uint64_t v) {
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
+
+static inline int put_u64(jbuf *b, uint64_t v) {
+    char tmp[24];
+    char *s = fmt_u64(tmp + sizeof tmp, v);
+    return put(b, s, (size_t)(tmp + sizeof tmp - s));
+}
+
+static inline int put_i64(jbuf *b, int64_t v) {
+    if (v < 0) {
+        if (put(b, "-", 1) < 0) return -1;
+        return put_u64(b, (uint64_t)(-(v + 1)) + 1);
+    }
+    return put_u64(b, (uint64_t)v);
+}
+
+typedef struct {
+    Head *head;
+    PyObject *client_ep;
+    int to_bus;
+    PyObject *sender_json, *dest_json;
+} Memo;
+
+#define MEMO_SLOTS 1024
+
+static PyObject *chunk_of(jbuf *b) {
+    PyObject *o = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->len);
+    b->len = 0;
+    return o;
+}
+
+static int flush_chunk(jbuf *b, PyObject *out) {
+    if (!b->len) return 0;
+    PyObject *o = chunk_of(b);
+    if (!o) return -1;
+    int rc = PyList_Append(out, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+static PyObject *plane_encode(Plane *pl, PyObject *args) {
+    PyObject *bounds, *endpoints;
+    Py_ssize_t slice = 1 << 20;
+    if (!PyArg_ParseTuple(args, "OO|n", &bounds, &endpoints, &slice)) return NULL;
+    PyObject *fast = PySequence_Fast(bounds, "bounds must be a sequence");
+    if (!fast) return NULL;
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(fast), bi = 0;
+    PyObject *out = PyList_New(0);
+    Memo *memo = calloc(MEMO_SLOTS, sizeof(Memo));
+    jbuf b = {NULL, 0, 0};
+    char second_text[32];
+    int64_t last_second = INT64_MIN;
+    size_t i = 0, n = pl->nrecs;
+    Rec *recs = pl->recs;
+    unsigned char *arena = pl->arena;
+    /* later records may be queued by callbacks below: take these ones out first */
+    pl->recs = NULL;
+    pl->nrecs = pl->caprecs = 0;
+    pl->arena = NULL;
+    pl->arena_len = pl->arena_cap = 0;
+    if (!out || !memo) goto fail;
+    for (; i < n; i++) {
+        Rec *r = &recs[i];
+        while (bi < nb) {
+            unsigned long long bseq = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, bi));
+            if (PyErr_Occurred()) goto fail;
+            if (bseq > r->seq) break;
+            if (flush_chunk(&b, out) < 0 || PyList_Append(out, Py_None) < 0) goto fail;
+            bi++;
+        }
+        Head *hd = r->head;
+        size_t slot = (((uintptr_t)hd >> 4) ^ ((uintptr_t)r->client_ep >> 4) * 31 ^ r->to_bus) & (MEMO_SLOTS - 1);
+        Memo *m = &memo[slot];
+        if (m->head != hd || m->client_ep != r->client_ep || m->to_bus != r->to_bus || !m->sender_json) {
+            PyObject *res = PyObject_CallFunction(endpoints, "OOOO", r->client_ep, r->to_bus ? Py_True : Py_False,
+                                                  hd->sender, hd->destination);
+            if (!res) goto fail;
+            PyObject *sj, *dj;
+            if (!PyArg_ParseTuple(res, "SS", &sj, &dj)) {
+                Py_DECREF(res);
+                goto fail;
+            }
+            Py_XDECREF(m->sender_json);
+            Py_XDECREF(m->dest_json);
+            m->sender_json = Py_NewRef(sj);
+            m->dest_json = Py_NewRef(dj);
+            m->head = hd;
+            m->client_ep = r->client_ep;
+            m->to_bus = r->to_bus;
+            Py_DECREF(res);
+        }
+        int64_t wall = pl->epoch_ns + r->ts;
+        int64_t second = wall / 1000000000LL, ns = wall % 1000000000LL;
+        if (second != last_second) {
+            time_t t = (time_t)second;
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(second_text, sizeof second_text, "%Y-%m-%dT%H:%M:%S", &tm);
+            last_second = second;
+        }
+        char usec[16];
+        snprintf(usec, sizeof usec, ".%06d", (int)(ns / 1000) % 1000000);
+        if (put(&b, "{\"seq\":", 7) < 0 || put_u64(&b, r->seq) < 0 || put(&b, ",\"ts\":", 6) < 0 ||
+            put_i64(&b, r->ts) < 0 || put(&b, ",\"time\":\"", 9) < 0 || put(&b, second_text, strlen(second_text)) < 0 ||
+            put(&b, usec, 7) < 0 || put(&b, "Z\"", 2) < 0 || put_bytes(&b, hd->frag_head) < 0 ||
+            put(&b, ",\"serial\":", 10) < 0 || put_u64(&b, r->serial) < 0 || put(&b, ",\"reply_serial\":", 16) < 0)
+            goto nomem;
+        if (hd->reply_at >= 0 ? put_u64(&b, r->reply_serial) : put(&b, "null", 4)) goto nomem;
+        if (put(&b, ",\"sender\":", 10) < 0 || put_bytes(&b, m->sender_json) < 0 ||
+            put(&b, ",\"destination\":", 15) < 0 || put_bytes(&b, m->dest_json) < 0 || put_bytes(&b, hd->frag_mid) < 0)
+            goto nomem;
+        if (hd->kind == KIND_BYTES && pl->decode_args) {
+            if (put(&b, "[\"", 2) < 0 || jbuf_reserve(&b, r->len * 2) < 0) goto nomem;
+            hex_encode(b.p + b.len, arena + r->off, r->len);
+            b.len += r->len * 2;
+            if (put(&b, "\"]", 2) < 0) goto nomem;
+        } else if (hd->kind == KIND_OTHER && pl->decode_args) {
+            if (put(&b, arena + r->off, r->len) < 0) goto nomem;
+        } else if (put(&b, "[]", 2) < 0) {
+            goto nomem;
+        }
+        if (put(&b, ",\"size\":", 8) < 0 || put_u64(&b, r->size) < 0 || put_bytes(&b, hd->frag_tail) < 0 ||
+            put(&b, r->to_bus ? ",\"direction\":\"to_bus\",\"connection\":" : ",\"direction\":\"from_bus\",\"connection\":",
+                r->to_bus ? 35 : 37) < 0 ||
+            put_i64(&b, r->conn) < 0 || put_bytes(&b, hd->frag_dname) < 0)
+            goto nomem;
+        if (r->latency >= 0 && (put(&b, ",\"latency_ns\":", 14) < 0 || put_i64(&b, r->latency) < 0)) goto nomem;
+        if (put(&b, "}\n", 2) < 0) goto nomem;
+        if (b.len >= (size_t)slice && flush_chunk(&b, out) < 0) goto fail;
+    }
+    if (flush_chunk(&b, out) < 0) goto fail;
+    for (; bi < nb; bi++)
+        if (PyList_Append(out, Py_None) < 0) goto fail;
+    goto cleanup;
+nomem:
+    PyErr_NoMemory();
+fail:
+    Py_CLEAR(out);
+cleanup:
+    for (size_t k = 0; k < n; k++) {
+        head_release(recs[k].head);
+        Py_DECREF(recs[k].client_ep);
+    }
+    free(recs);
+    free(arena);
+    free(b.p);
+    if (memo) {
+        for (size_t k = 0; k < MEMO_SLOTS; k++) {
+            Py_XDECREF(memo[k].sender_json);
+            Py_XDECREF(memo[k].dest_json);
+        }
+        free(memo);
+    }
+    Py_DECREF(fast);
+    return out;
+}
+
+static PyObject *plane_fileno(Plane *pl, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(pl->epfd); }
+
+static void plane_shutdown(Plane *pl) {
+    for (size_t b = 0; b < CONN_BUCKETS; b++)
+        while (pl->conns[b]) conn_close(pl, pl->conns[b], "", 0);
+    reap_dead(pl);
+}
+
+static PyObject *plane_close_all(Plane *pl, PyObject *Py_UNUSED(ignored)) {
+    plane_shutdown(pl);
+    Py_RETURN_NONE;
+}
+
+static PyObject *plane_get_pending(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromSize_t(pl->nrecs); }
+static PyObject *plane_get_pending_bytes(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromSize_t(pl->arena_len); }
+static PyObject *plane_get_connections(Plane *pl, void *Py_UNUSED(c)) {
+    long n = 0;
+    for (size_t b = 0; b < CONN_BUCKETS; b++)
+        for (Conn *c = pl->conns[b]; c; c = c->next) n++;
+    return PyLong_FromLong(n);
+}
+
+static int plane_init(Plane *pl, PyObject *args, PyObject *kw) {
+    static char *names[] = {"on_frame", "on_closed", "on_malformed", "epoch_ns", "record", "decode_args", NULL};
+    long long epoch;
+    int record = 1, decode = 1;
+    PyObject *f, *c, *m;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|pp", names, &f, &c, &m, &epoch, &record, &decode)) return -1;
+    pl->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (pl->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_XSETREF(pl->on_frame, Py_NewRef(f));
+    Py_XSETREF(pl->on_closed, Py_NewRef(c));
+    Py_XSETREF(pl->on_malformed, Py_NewRef(m));
+    pl->epoch_ns = epoch;
+    pl->record = record;
+    pl->decode_args = decode;
+    return 0;
+}
+
+static void plane_dealloc(Plane *pl) {
+    plane_shutdown(pl);
+    for (size_t b = 0; b < HEAD_BUCKETS; b++) {
+        Head *o = pl->heads[b];
+        while (o) {
+            Head *next = o->next;
+            head_release(o);
+            o = next;
+        }
+    }
+    for (size_t k = 0; k < pl->nrecs; k++) {
+        head_release(pl->recs[k].head);
+        Py_DECREF(pl->recs[k].client_ep);
+    }
+    free(pl->recs);
+    free(pl->arena);
+    if (pl->epfd >= 0) close(pl->epfd);
+    Py_XDECREF(pl->on_frame);
+    Py_XDECREF(pl->on_closed);
+    Py_XDECREF(pl->on_malformed);
+    Py_TYPE(pl)->tp_free((PyObject *)pl);
+}
+
+static PyObject *plane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw)) {
+    Plane *pl = (Plane *)type->tp_alloc(type, 0);
+    if (pl) pl->epfd = -1;
+    return (PyObject *)pl;
+}
+
+static PyMethodDef plane_methods[] = {
+    {"fileno", (PyCFunction)plane_fileno, METH_NOARGS, "The epoll fd the event loop watches."},
+    {"run", (PyCFunction)plane_run, METH_NOARGS, "Forward what is ready; returns the number of frames."},
+    {"adopt", (PyCFunction)plane_adopt, METH_VARARGS,
+     "adopt(id, client_fd, bus_fd, client_unix_fds, bus_unix_fds, client_endpoint, client_bytes, bus_bytes)"},
+    {"send", (PyCFunction)plane_send, METH_VARARGS, "send(id, to_bus, data, fds=None) -> False if closed"},
+    {"take_fds", (PyCFunction)plane_take_fds, METH_VARARGS, "take_fds(id, from_client, n) -> list of fds"},
+    {"close", (PyCFunction)plane_close, METH_VARARGS, "close(id): close a connection's two sockets"},
+    {"close_all", (PyCFunction)plane_close_all, METH_NOARGS, "Close every connection."},
+    {"learn", (PyCFunction)plane_learn, METH_VARARGS, "Remember a header the strict path accepted."},
+    {"note_call", (PyCFunction)plane_note_call, METH_VARARGS, "note_call(id, to_bus, name, serial, ts)"},
+    {"take_call", (PyCFunction)plane_take_call, METH_VARARGS, "take_call(id, to_bus, name, serial) -> ts or None"},
+    {"next_seq", (PyCFunction)plane_next_seq, METH_NOARGS, "The next record number."},
+    {"encode", (PyCFunction)plane_encode, METH_VARARGS,
+     "encode(bounds, endpoints, slice=1MiB) -> JSON-line chunks, None where each seq of bounds goes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *plane_get_compiled(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_compiled); }
+static PyObject *plane_get_handed(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_handed); }
+
+static PyGetSetDef plane_getset[] = {
+    {"compiled", (getter)plane_get_compiled, NULL, "frames forwarded by the plane alone", NULL},
+    {"handed", (getter)plane_get_handed, NULL, "frames handed to the Python side", NULL},
+    {"pending", (getter)plane_get_pending, NULL, "records queued", NULL},
+    {"pending_bytes", (getter)plane_get_pending_bytes, NULL, "argument bytes queued", NULL},
+    {"connections", (getter)plane_get_connections, NULL, "open connections", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject PlaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcproxy.dbus._plane.Plane",
+    .tp_basicsize = sizeof(Plane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The compiled forwarding and recording of frames with known headers.",
+    .tp_new = plane_new,
+    .tp_init = (initproc)plane_init,
+    .tp_dealloc = (destructor)plane_dealloc,
+    .tp_methods = plane_methods,
+    .tp_getset = plane_getset,
+};
+
+static PyMethodDef module_methods[] = {
+    {"args_to_json", (PyCFunction)(void (*)(void))py_args_to_json, METH_FASTCALL,
+     "args_to_json(body, signature, little_endian) -> JSON bytes, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_plane", NULL, -1, module_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__plane(void) {
+    if (PyType_Ready(&PlaneType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&PlaneType);
+    if (PyModule_AddObject(m, "Plane", (PyObject *)&PlaneType) < 0) {
+        Py_DECREF(&PlaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,108 @@
+"""What the compiled data plane (``_plane.c``) is taught: the header facts of frames it may forward alone.
+
+The plane forwards a frame without Python only when a frame with the same
+header bytes (serials aside) was parsed strictly before; this module turns such
+a parsed message into the plane's cache entry: the header's key bytes, where
+the reply serial and the body sit, how the body is checked and recorded, and
+the constant JSON fragments of its trace records (the same bytes
+``records.FrameFormat`` writes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from ..model import BUS_DRIVER_NAME, Message
+from ..trace.records import _TYPE_NAMES, _encode
+from . import wire
+
+_plane: Any
+try:
+    _plane = importlib.import_module("ipcproxy.dbus._plane")
+except ImportError:  # not built: the proxy forwards in Python
+    _plane = None
+
+KIND_NONE = 0
+KIND_BYTES = 1
+KIND_OTHER = 2
+
+
+def available() -> bool:
+    """Whether the compiled plane is built and not switched off (IPCPROXY_PLANE=0)."""
+    return _plane is not None and os.environ.get("IPCPROXY_PLANE", "1") != "0"
+
+
+def new_plane(**kwargs: Any) -> Any:
+    assert _plane is not None
+    return _plane.Plane(**kwargs)
+
+
+def entry_for(message: Message) -> tuple[Any, ...] | None:
+    """``Plane.learn`` arguments for a strictly parsed message, or None if the plane must not take its kind.
+
+    Frames that carry fds, talk to the bus driver (the proxy keeps book of
+    names and credentials from those) or whose header the plane cannot key
+    reliably always take the Python path.
+    """
+    if message.unix_fds or message.transport != "dbus" or message.fds:
+        return None
+    if BUS_DRIVER_NAME in (message.sender, message.destination):
+        return None
+    raw = message.raw
+    u32 = wire._U32[raw[0]]
+    fields_len = u32.unpack_from(raw, 12)[0]
+    end = wire.FIXED_HEADER + fields_len
+    reply_at = wire._reply_serial_at(raw)
+    if reply_at == -2:
+        return None
+    at = raw.find(wire._REPLY_SERIAL_FIELD, wire.FIXED_HEADER, end)
+    if at >= 0:
+        if at + 4 != reply_at:
+            return None  # the field's bytes also occur inside a string
+        key = raw[:4] + raw[wire.FIXED_HEADER : reply_at] + raw[reply_at + 4 : end]
+    elif reply_at != -1:
+        return None
+    else:
+        key = raw[:4] + raw[wire.FIXED_HEADER : end]
+    signature = message.signature
+    if not signature:
+        kind = KIND_NONE
+    elif signature == "ay":
+        kind = KIND_BYTES
+    else:
+        kind = KIND_OTHER
+    body_at = end + (-fields_len & 7)
+    e = _encode
+    frag_head = b',"transport":"dbus","type":' + e(_TYPE_NAMES[int(message.type)])
+    frag_mid = (
+        b',"path":'
+        + e(message.path)
+        + b',"interface":'
+        + e(message.interface)
+        + b',"member":'
+        + e(message.member)
+        + b',"error_name":'
+        + e(message.error_name)
+        + b',"signature":'
+        + e(signature)
+        + b',"args":'
+    )
+    frag_tail = b',"fds":0,"flags":%d,"verdict":"forwarded"' % message.flags
+    frag_dname = b',"destination_name":' + e(message.destination) if message.destination is not None else b""
+    return (
+        key,
+        reply_at,
+        body_at,
+        bool(message.flags & 1),
+        kind,
+        int(message.type),
+        message.sender,
+        message.destination,
+        signature.encode(),
+        frag_head,
+        frag_mid,
+        frag_tail,
+        frag_dname,
+    )
