@@ -51,6 +51,16 @@ def campaign(tmp_path: Path, *args: str, **kw: Any) -> subprocess.CompletedProce
     return subprocess.run([*IPCPROXY, "campaign", *args], capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
 
 
+def _renamed_by_fault(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """The same run and outcome, where the fault garbled the name the component asked the bus for.
+
+    The daemon then owns the garbled name; whether the component hit first is
+    called by that name or by its golden one depends on which of the two the
+    proxy had resolved when the record was written, i.e. on timing.
+    """
+    return a[:3] == b[:3] and "RequestName" in a[1] and a[1].startswith(("corrupt", "set-arg"))
+
+
 @pytest.mark.slow
 def test_real_daemons_campaign_is_classified_and_repeatable(tmp_path: Path) -> None:
     plan = str(HERE / "debian-daemons.yaml")
@@ -75,7 +85,7 @@ def test_real_daemons_campaign_is_classified_and_repeatable(tmp_path: Path) -> N
     # (seen once in CI: the same outcome, one more component in the path), so that is reported.
     first = [(run, fault, outcome, path.split(" > ")[0]) for run, fault, outcome, path in tables[0]]
     second = [(run, fault, outcome, path.split(" > ")[0]) for run, fault, outcome, path in tables[1]]
-    differ = [(a, b) for a, b in zip(first, second, strict=True) if a != b]
+    differ = [(a, b) for a, b in zip(first, second, strict=True) if a != b and not _renamed_by_fault(a, b)]
     assert not differ, differ
     outcomes = {row[2] for row in tables[0]}
     assert "handled" in outcomes  # an error answering a workload call is reported by busctl/gdbus
