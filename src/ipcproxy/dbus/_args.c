@@ -537,12 +537,15 @@ static const uint64_t POW5_SPLIT[326][2] = {
     {0x2d80f4584d5068dau,0x13c33b72569c6375u}, {0x78e1316e60a48310u,0x18b40a4eec437c52u}
 };
 
+/* (m * mul) >> j for a 125-bit mul; j - 64 stays within (0, 64) */
 #if defined(__SIZEOF_INT128__)
+__extension__ typedef unsigned __int128 u128;
+
 static inline uint64_t
 mul_shift(uint64_t m, const uint64_t *mul, int32_t j)
 {
-    unsigned __int128 b0 = (unsigned __int128)m * mul[0];
-    unsigned __int128 b2 = (unsigned __int128)m * mul[1];
+    u128 b0 = (u128)m * mul[0];
+    u128 b2 = (u128)m * mul[1];
     return (uint64_t)(((b0 >> 64) + b2) >> (j - 64));
 }
 #else
