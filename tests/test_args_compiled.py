@@ -296,6 +296,8 @@ def test_every_escape_class(little: bool) -> None:
         b"\xf5\x80\x80\x80",
         b"\xe2\x82",
         b"a\xf0\x9f\x98",
+        b"\xc3\xa9\xe2\x9c\x93\xff",  # bad in the middle of a non-ASCII run
+        b"\xe6\x97\xa5\xe6\x97",
     ],
 )
 def test_invalid_utf8_is_declined(raw: bytes) -> None:
@@ -307,6 +309,7 @@ def test_invalid_utf8_is_declined(raw: bytes) -> None:
 def test_valid_utf8_edges() -> None:
     for ch in ["\x7f", "\x80", "\u07ff", "\u0800", "\ud7ff", "\ue000", "\uffff", "\U00010000", "\U0010ffff"]:
         same("s", [ch * 3])
+    same("s", ["日本語のテキスト" * 9 + "ascii" + "é" * 30 + "\n" + "😀" * 5])
 
 
 def test_string_without_nul_terminator_is_declined() -> None:

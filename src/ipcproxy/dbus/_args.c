@@ -724,9 +724,14 @@ ryu_d2d(uint64_t ieee_m, uint32_t ieee_e, uint64_t *out_m, int32_t *out_e)
         output = vr + ((vr == vm && (!accept_bounds || !vm_tz)) || last >= 5);
     }
     else {
+        /* two digits at a time while both fit: the same as two of the steps
+           below (only the last removed digit decides the rounding), and
+           short decimals such as 87.5 shed a dozen digits here */
         bool round_up = false;
-        uint64_t vp100 = vp / 100, vm100 = vm / 100;
-        if (vp100 > vm100) {
+        for (;;) {
+            uint64_t vp100 = vp / 100, vm100 = vm / 100;
+            if (vp100 <= vm100)
+                break;
             uint64_t vr100 = vr / 100;
             uint32_t vr_mod = (uint32_t)(vr - 100 * vr100);
             round_up = vr_mod >= 50;
@@ -925,12 +930,17 @@ w_str(jbuf *o, const unsigned char *s, size_t n, size_t avail)
             break;
         unsigned c = s[i];
         if (c >= 0x80) {
-            size_t k = utf8_seq(s + i, n - i);
-            if (k == 0)
-                return A_BAD;
-            memcpy(out, s + i, k);
-            out += k;
-            i += k;
+            /* a run of non-ASCII characters (CJK, say) stays in this loop */
+            do {
+                size_t k = utf8_seq(s + i, n - i);
+                if (k == 0)
+                    return A_BAD;
+                memcpy(out, s + i, k);
+                out += k;
+                i += k;
+            } while (i < n && s[i] >= 0x80);
+            if (i == n)
+                break;
             continue;
         }
         /* an escape grows the text by up to 5 bytes: keep the slack */
