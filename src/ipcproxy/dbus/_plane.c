@@ -12,16 +12,24 @@
  * Records are encoded into JSON lines in bulk (``encode``), in seq order with the records
  * the Python side made, which take their numbers from the same counter (``next_seq``).
  *
- * Everything runs on the event loop's thread: the loop watches ``fileno()`` and calls
- * ``run()``, so there is no locking, and the Python callbacks run in program order.
+ * Forwarding runs on a thread of its own, blocked in epoll_wait without the GIL, so a
+ * frame with a known header crosses the proxy without waking Python at all. Everything
+ * the plane holds is guarded by one mutex; the thread never takes the GIL and never
+ * touches a Python object. What Python must see (frames, closed connections, malformed
+ * input) is queued as events, and ``fileno()`` (an eventfd) becomes readable; the side
+ * of a connection whose frame waits for Python reads nothing more until Python calls
+ * ``resume``, so each direction stays in order. Python objects held for records
+ * (header fragments, client endpoints) are only released by calls made with the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +45,8 @@
 #define HIGH_WATER (16u * 1024 * 1024)
 #define LOW_WATER (4u * 1024 * 1024)
 #define HEAD_LIMIT 4096
+#define ARENA_LIMIT (64u * 1024 * 1024) /* forwarding waits for Python to encode beyond this */
+#define ARENA_SIGNAL (1u << 20)          /* Python is woken to encode at this much */
 #define KIND_NONE 0
 #define KIND_BYTES 1
 #define KIND_OTHER 2
@@ -56,6 +66,7 @@ typedef struct Head {
     int no_reply;
     char *sig;
     size_t sig_len;
+    char *sender_c, *dest_c; /* the same names in UTF-8 (NULL for None), for the forwarding thread */
     PyObject *sender;      /* str or None: whom the endpoints are resolved for */
     PyObject *destination; /* str or None */
     PyObject *frag_head;   /* bytes: ,"transport":"dbus","type":"..." */
@@ -84,6 +95,8 @@ static void head_release(Head *h) {
     if (--h->refs > 0) return;
     free(h->key);
     free(h->sig);
+    free(h->sender_c);
+    free(h->dest_c);
     Py_XDECREF(h->sender);
     Py_XDECREF(h->destination);
     Py_XDECREF(h->frag_head);
@@ -99,7 +112,7 @@ typedef struct {
     uint32_t serial;   /* 0: empty slot */
     uint8_t to_bus;    /* direction of the call */
     uint8_t dead;      /* tombstone */
-    PyObject *name;    /* the caller's unique name for calls to our client, else NULL */
+    char *name;        /* the caller's unique name for calls to our client, else NULL */
     int64_t ts;
 } Pending;
 
@@ -108,10 +121,10 @@ typedef struct {
     size_t cap, used, live;
 } PendingTable;
 
-static int name_eq(PyObject *a, PyObject *b) {
+static int name_eq(const char *a, const char *b) {
     if (a == b) return 1;
     if (a == NULL || b == NULL) return 0;
-    return PyUnicode_Compare(a, b) == 0;
+    return strcmp(a, b) == 0;
 }
 
 static size_t pending_slot(uint32_t serial, int to_bus, size_t cap) {
@@ -120,7 +133,7 @@ static size_t pending_slot(uint32_t serial, int to_bus, size_t cap) {
 
 static int pending_grow(PendingTable *t);
 
-static int pending_put(PendingTable *t, int to_bus, PyObject *name, uint32_t serial, int64_t ts) {
+static int pending_put(PendingTable *t, int to_bus, const char *name, uint32_t serial, int64_t ts) {
     if ((t->used + 1) * 2 > t->cap && pending_grow(t) < 0) return -1;
     size_t i = pending_slot(serial, to_bus, t->cap);
     for (;;) {
@@ -129,8 +142,11 @@ static int pending_put(PendingTable *t, int to_bus, PyObject *name, uint32_t ser
             p->serial = serial;
             p->to_bus = (uint8_t)to_bus;
             p->dead = 0;
-            Py_XINCREF(name);
-            p->name = name;
+            p->name = name ? strdup(name) : NULL;
+            if (name && !p->name) {
+                p->serial = 0;
+                return -1;
+            }
             p->ts = ts;
             t->used++;
             t->live++;
@@ -144,7 +160,7 @@ static int pending_put(PendingTable *t, int to_bus, PyObject *name, uint32_t ser
     }
 }
 
-static int64_t pending_take(PendingTable *t, int to_bus, PyObject *name, uint32_t serial) {
+static int64_t pending_take(PendingTable *t, int to_bus, const char *name, uint32_t serial) {
     if (t->cap == 0) return -1;
     size_t i = pending_slot(serial, to_bus, t->cap);
     for (;;) {
@@ -152,7 +168,8 @@ static int64_t pending_take(PendingTable *t, int to_bus, PyObject *name, uint32_
         if (p->serial == 0) return -1;
         if (!p->dead && p->serial == serial && p->to_bus == to_bus && name_eq(p->name, name)) {
             p->dead = 1;
-            Py_CLEAR(p->name);
+            free(p->name);
+            p->name = NULL;
             t->live--;
             return p->ts;
         }
@@ -161,7 +178,7 @@ static int64_t pending_take(PendingTable *t, int to_bus, PyObject *name, uint32_
 }
 
 static void pending_free(PendingTable *t) {
-    for (size_t i = 0; i < t->cap; i++) Py_XDECREF(t->slots[i].name);
+    for (size_t i = 0; i < t->cap; i++) free(t->slots[i].name);
     free(t->slots);
     t->slots = NULL;
     t->cap = t->used = t->live = 0;
@@ -209,8 +226,10 @@ typedef struct Side {
     int idx; /* 0 client, 1 bus */
     int fd;
     int unix_fds;
-    int reading;
-    int writing;
+    int blocked;    /* a frame of ours waits for Python: read and process nothing more */
+    int bp_paused;  /* the other side's output is backed up */
+    int writing;    /* output queued: watch for writability */
+    int registered; /* in the epoll set (a side that wants nothing is taken out: no HUP spin) */
     int paused_peer;
     unsigned char *in;
     size_t in_start, in_len, in_cap;
@@ -224,7 +243,8 @@ typedef struct Conn {
     struct Conn *next; /* id hash chain */
     long id;
     int closed;
-    int refs; /* the plane's, plus the duration of a run over it */
+    int refs;                /* queued records that name it */
+    unsigned long closed_at; /* the forwarding thread's batch number when it closed */
     Side side[2];
     PyObject *client_ep;
     PendingTable pending;
@@ -237,7 +257,7 @@ typedef struct {
     int64_t ts;
     int64_t latency;
     Head *head;
-    PyObject *client_ep;
+    Conn *owner; /* kept (refs) until encoded: its client endpoint goes into the record */
     uint32_t serial, reply_serial, size;
     long conn;
     uint8_t to_bus;
@@ -245,14 +265,43 @@ typedef struct {
 } Rec;
 
 typedef struct {
+    int kind; /* EV_FRAME, EV_CLOSED, EV_MALFORMED */
+    long conn;
+    int from_client;
+    unsigned char *data;
+    size_t len;
+    int64_t ts;
+    uint64_t seq; /* a frame's record number, taken when it arrived: records stay in arrival order */
+    char *reason;
+} Event;
+
+#define EV_FRAME 0
+#define EV_CLOSED 1
+#define EV_MALFORMED 2
+
+typedef struct {
     PyObject_HEAD
     int epfd;
+    int wakefd; /* Python watches it: events queued, records to encode */
+    int pokefd; /* wakes the forwarding thread (stop, freed connections) */
+    pthread_mutex_t mu;
+    pthread_cond_t drained;
+    pthread_t thread;
+    int thread_running;
+    int stop;
+    unsigned long batch; /* batches the thread has finished: stale epoll pointers die with them */
+    Event *events;
+    size_t nevents, capevents;
+    uint64_t *reserved; /* numbers of frames handed to Python and not yet resumed: no record at or */
+    size_t nreserved, capreserved; /* after the smallest may be written before that frame's */
+    int woken;            /* wakefd written since Python last took events */
+    int records_signalled;
+    int big_signalled;
     int closed;
     int record;
     int decode_args;
     int64_t epoch_ns;
     uint64_t seq;
-    PyObject *on_frame, *on_closed, *on_malformed;
     Head *heads[HEAD_BUCKETS];
     size_t nheads;
     Conn *conns[CONN_BUCKETS];
@@ -260,8 +309,7 @@ typedef struct {
     size_t nrecs, caprecs;
     unsigned char *arena;
     size_t arena_len, arena_cap;
-    Conn *dead; /* closed during a run: freed once no run uses them */
-    int running;
+    Conn *dead; /* closed: freed by a call holding the GIL, once no record or stale event names them */
     unsigned long long n_compiled, n_handed; /* frames forwarded here alone / handed to Python */
 } Plane;
 
@@ -286,12 +334,86 @@ static void seg_free(Seg *s) {
     free(s);
 }
 
-static void side_set_events(Plane *pl, Side *s) {
-    if (s->fd < 0) return;
+static inline int side_reading(const Side *s) { return !s->blocked && !s->bp_paused; }
+
+/* Watch what the side wants now; a side that wants nothing leaves the epoll set, or a
+ * hung-up peer would wake the thread again and again. */
+static int side_update(Plane *pl, Side *s) {
+    if (s->fd < 0) return 0;
     struct epoll_event ev = {0};
-    ev.events = (s->reading ? EPOLLIN : 0) | (s->writing ? EPOLLOUT : 0);
+    ev.events = (side_reading(s) ? EPOLLIN : 0) | (s->writing ? EPOLLOUT : 0);
     ev.data.ptr = s;
-    epoll_ctl(pl->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+    if (!ev.events) {
+        if (s->registered) epoll_ctl(pl->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        s->registered = 0;
+        return 0;
+    }
+    int rc = epoll_ctl(pl->epfd, s->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd, &ev);
+    if (rc == 0) s->registered = 1;
+    return rc;
+}
+
+static void wake_python(Plane *pl) {
+    if (pl->woken) return;
+    pl->woken = 1;
+    uint64_t one = 1;
+    ssize_t n = write(pl->wakefd, &one, sizeof one);
+    (void)n;
+}
+
+static void poke_thread(Plane *pl) {
+    uint64_t one = 1;
+    ssize_t n = write(pl->pokefd, &one, sizeof one);
+    (void)n;
+}
+
+/* Queue something for Python; 0 or -1 (out of memory). */
+static int push_event(Plane *pl, int kind, long conn, int from_client, const unsigned char *data, size_t len,
+                      int64_t ts, const char *reason) {
+    if (pl->nevents == pl->capevents) {
+        size_t cap = pl->capevents ? pl->capevents * 2 : 64;
+        Event *e = realloc(pl->events, cap * sizeof(Event));
+        if (!e) return -1;
+        pl->events = e;
+        pl->capevents = cap;
+    }
+    Event *e = &pl->events[pl->nevents];
+    memset(e, 0, sizeof *e);
+    e->kind = kind;
+    e->conn = conn;
+    e->from_client = from_client;
+    e->ts = ts;
+    if (len) {
+        e->data = malloc(len);
+        if (!e->data) return -1;
+        memcpy(e->data, data, len);
+        e->len = len;
+    }
+    if (reason) {
+        e->reason = strdup(reason);
+        if (!e->reason) {
+            free(e->data);
+            return -1;
+        }
+    }
+    if (kind == EV_FRAME) {
+        if (pl->nreserved == pl->capreserved) {
+            size_t cap = pl->capreserved ? pl->capreserved * 2 : 64;
+            uint64_t *r = realloc(pl->reserved, cap * sizeof(uint64_t));
+            if (!r) {
+                free(e->data);
+                free(e->reason);
+                return -1;
+            }
+            pl->reserved = r;
+            pl->capreserved = cap;
+        }
+        e->seq = ++pl->seq;
+        pl->reserved[pl->nreserved++] = e->seq;
+    }
+    pl->nevents++;
+    wake_python(pl);
+    return 0;
 }
 
 /* send as much of the output queue as the socket takes; -1 on a fatal error (errno set) */
@@ -413,13 +535,13 @@ static int side_write(Plane *pl, Side *s, const unsigned char *data, size_t len,
     }
     if (s->out_head && !s->writing) {
         s->writing = 1;
-        side_set_events(pl, s);
+        side_update(pl, s);
     }
     Side *src = &c->side[1 - s->idx];
-    if (s->out_bytes > HIGH_WATER && src->reading) {
-        src->reading = 0;
+    if (s->out_bytes > HIGH_WATER && !src->bp_paused) {
+        src->bp_paused = 1;
         s->paused_peer = 1;
-        side_set_events(pl, src);
+        side_update(pl, src);
     }
     return 0;
 }
@@ -441,7 +563,7 @@ static void side_drop(Side *s) {
     s->in = NULL;
 }
 
-static void conn_free(Conn *c) {
+static void conn_free(Conn *c) { /* with the GIL */
     side_drop(&c->side[0]);
     side_drop(&c->side[1]);
     pending_free(&c->pending);
@@ -459,10 +581,12 @@ static void conn_unlink(Plane *pl, Conn *c) {
 static void conn_close(Plane *pl, Conn *c, const char *reason, int notify) {
     if (c->closed) return;
     c->closed = 1;
+    c->closed_at = pl->batch;
     for (int i = 0; i < 2; i++) {
         Side *s = &c->side[i];
         if (s->fd < 0) continue;
-        epoll_ctl(pl->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        if (s->registered) epoll_ctl(pl->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        s->registered = 0;
         if (s->out_head) side_flush(s); /* let a pending error reply reach its peer */
         close(s->fd);
         s->fd = -1;
@@ -470,21 +594,20 @@ static void conn_close(Plane *pl, Conn *c, const char *reason, int notify) {
     conn_unlink(pl, c);
     c->next = pl->dead;
     pl->dead = c;
-    if (notify && pl->on_closed) {
-        PyObject *r = PyObject_CallFunction(pl->on_closed, "ls", c->id, reason);
-        if (!r)
-            PyErr_WriteUnraisable(pl->on_closed);
-        else
-            Py_DECREF(r);
-    }
+    if (notify) push_event(pl, EV_CLOSED, c->id, 0, NULL, 0, 0, reason);
 }
 
-static void reap_dead(Plane *pl) {
-    if (pl->running) return;
-    while (pl->dead) {
-        Conn *c = pl->dead;
-        pl->dead = c->next;
-        conn_free(c);
+/* Free closed connections no record and no event the thread may still hold names (with the GIL). */
+static void reap_dead(Plane *pl, int all) {
+    Conn **pp = &pl->dead;
+    while (*pp) {
+        Conn *c = *pp;
+        if (all || (c->refs == 0 && c->closed_at < pl->batch)) {
+            *pp = c->next;
+            conn_free(c);
+        } else {
+            pp = &c->next;
+        }
     }
 }
 
@@ -585,9 +708,9 @@ static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned
         pl->arena_len = off + len;
     }
     if (hd->mtype == 1) {
-        if (!hd->no_reply && pending_put(&c->pending, to_bus, to_bus ? NULL : hd->sender, serial, now) < 0) return 1;
+        if (!hd->no_reply && pending_put(&c->pending, to_bus, to_bus ? NULL : hd->sender_c, serial, now) < 0) return 1;
     } else if (hd->mtype != 4) {
-        int64_t t = to_bus ? pending_take(&c->pending, 0, hd->destination, reply_serial)
+        int64_t t = to_bus ? pending_take(&c->pending, 0, hd->dest_c, reply_serial)
                            : pending_take(&c->pending, 1, NULL, reply_serial);
         if (t >= 0) latency = now - t;
     }
@@ -605,8 +728,8 @@ static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned
     r->latency = latency;
     r->head = hd;
     hd->refs++;
-    r->client_ep = c->client_ep;
-    Py_INCREF(c->client_ep);
+    r->owner = c;
+    c->refs++;
     r->serial = serial;
     r->reply_serial = reply_serial;
     r->size = (uint32_t)total;
@@ -614,30 +737,32 @@ static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned
     r->to_bus = (uint8_t)to_bus;
     r->off = off;
     r->len = len;
+    if (!pl->records_signalled || (pl->arena_len >= ARENA_SIGNAL && !pl->big_signalled)) {
+        pl->records_signalled = 1;
+        if (pl->arena_len >= ARENA_SIGNAL) pl->big_signalled = 1;
+        pl->woken = 0; /* a new reason to wake Python */
+        wake_python(pl);
+    }
     return 0;
 }
 
+/* Python names the reason (from the fixed header) and records it; the sockets close now. */
 static void malformed(Plane *pl, Conn *c, int idx, const unsigned char *f) {
-    PyObject *r = PyObject_CallFunction(pl->on_malformed, "liy#", c->id, idx == 0, (const char *)f,
-                                        (Py_ssize_t)FIXED_HEADER);
-    if (!r)
-        PyErr_WriteUnraisable(pl->on_malformed);
-    else
-        Py_DECREF(r);
+    if (push_event(pl, EV_MALFORMED, c->id, idx == 0, f, FIXED_HEADER, 0, NULL) < 0) {
+        conn_close(pl, c, "out of memory", 1);
+        return;
+    }
     conn_close(pl, c, "malformed message", 0);
 }
 
-/* Hand a frame to Python; returns -1 if the connection is gone afterwards. */
-static int slow_frame(Plane *pl, Conn *c, int idx, const unsigned char *f, size_t total, int64_t now) {
-    PyObject *r = PyObject_CallFunction(pl->on_frame, "liy#L", c->id, idx == 0, (const char *)f, (Py_ssize_t)total,
-                                        (long long)now);
-    if (!r) {
-        PyErr_WriteUnraisable(pl->on_frame);
-        conn_close(pl, c, "internal error handling a message", 1);
-        return -1;
+/* Hand a frame to Python and stop this side until Python resumes it. */
+static void slow_frame(Plane *pl, Conn *c, Side *s, const unsigned char *f, size_t total, int64_t now) {
+    if (push_event(pl, EV_FRAME, c->id, s->idx == 0, f, total, now, NULL) < 0) {
+        conn_close(pl, c, "out of memory", 1);
+        return;
     }
-    Py_DECREF(r);
-    return c->closed ? -1 : 0;
+    s->blocked = 1;
+    side_update(pl, s);
 }
 
 static int64_t monotonic_ns(void) {
@@ -653,7 +778,7 @@ static long process(Plane *pl, Side *s, int64_t now) {
     int to_bus = s->idx == 0;
     size_t pos = s->in_start, run = pos;
     long frames = 0;
-    while (!c->closed && s->in_len - pos >= FIXED_HEADER) {
+    while (!c->closed && !s->blocked && s->in_len - pos >= FIXED_HEADER) {
         const unsigned char *f = s->in + pos;
         int little = f[0] == 'l';
         if ((f[0] != 'l' && f[0] != 'B') || f[1] < 1 || f[1] > 4 || f[3] != 1) {
@@ -697,12 +822,12 @@ static long process(Plane *pl, Side *s, int64_t now) {
             continue;
         }
         if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
-        size_t here = pos;
-        pos += total;
-        run = pos;
-        s->in_start = pos; /* a re-entrant close or read must not see this frame again */
         pl->n_handed++;
-        if (slow_frame(pl, c, s->idx, s->in + here, total, now) < 0) return frames;
+        slow_frame(pl, c, s, s->in + pos, total, now);
+        pos += total;
+        s->in_start = pos;
+        if (s->in_start == s->in_len) s->in_start = s->in_len = 0;
+        return frames; /* the rest waits for resume() */
     }
     if (c->closed) return frames;
     if (run < pos && side_write(pl, dst, s->in + run, pos - run, NULL, 0) < 0) return frames;
@@ -790,48 +915,54 @@ static void side_writable(Plane *pl, Side *s) {
     }
     if (!s->out_head && s->writing) {
         s->writing = 0;
-        side_set_events(pl, s);
+        side_update(pl, s);
     }
     if (s->paused_peer && s->out_bytes < LOW_WATER) {
         s->paused_peer = 0;
         Side *src = &c->side[1 - s->idx];
-        if (!src->reading) {
-            src->reading = 1;
-            side_set_events(pl, src);
+        if (src->bp_paused) {
+            src->bp_paused = 0;
+            side_update(pl, src);
         }
     }
+}
+
+/* ------------------------------------------------------------------ the forwarding thread */
+
+static void *forward_loop(void *arg) {
+    Plane *pl = arg;
+    struct epoll_event evs[128];
+    for (;;) {
+        int n = epoll_wait(pl->epfd, evs, 128, -1);
+        if (n < 0 && errno != EINTR) break;
+        pthread_mutex_lock(&pl->mu);
+        while (!pl->stop && pl->arena_len > ARENA_LIMIT) pthread_cond_wait(&pl->drained, &pl->mu);
+        if (pl->stop) {
+            pthread_mutex_unlock(&pl->mu);
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            Side *s = evs[i].data.ptr;
+            if (!s) { /* poked */
+                uint64_t v;
+                ssize_t r = read(pl->pokefd, &v, sizeof v);
+                (void)r;
+                continue;
+            }
+            Conn *c = s->conn;
+            if (c->closed) continue; /* closed since epoll_wait returned: its memory waits for this batch */
+            uint32_t e = evs[i].events;
+            if (e & (EPOLLOUT | EPOLLERR)) side_writable(pl, s);
+            if (c->closed) continue;
+            if ((e & (EPOLLIN | EPOLLHUP | EPOLLERR)) && side_reading(s)) side_readable(pl, s);
+        }
+        pl->batch++;
+        pthread_mutex_unlock(&pl->mu);
+    }
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ Python methods */
-
-static PyObject *plane_run(Plane *pl, PyObject *Py_UNUSED(ignored)) {
-    struct epoll_event evs[128];
-    long frames = 0;
-    if (pl->closed) return PyLong_FromLong(0);
-    pl->running++;
-    for (int turn = 0; turn < 4; turn++) {
-        int n = epoll_wait(pl->epfd, evs, 128, 0);
-        if (n <= 0) break;
-        for (int i = 0; i < n; i++) {
-            Side *s = evs[i].data.ptr;
-            Conn *c = s->conn;
-            if (c->closed) continue; /* closed earlier in this batch */
-            if (evs[i].events & (EPOLLOUT | EPOLLERR)) side_writable(pl, s);
-            if (c->closed) continue;
-            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-                if (s->reading)
-                    frames += side_readable(pl, s);
-                else if (!(evs[i].events & EPOLLIN) && !s->writing)
-                    conn_close(pl, c, "closed by peer", 1);
-            }
-        }
-        if (n < 128 || pl->arena_len > (1u << 20)) break;
-    }
-    pl->running--;
-    reap_dead(pl);
-    if (PyErr_Occurred()) return NULL;
-    return PyLong_FromLong(frames);
-}
 
 static int take_buffer(Side *s, PyObject *data) {
     Py_buffer view;
@@ -851,9 +982,6 @@ static int take_buffer(Side *s, PyObject *data) {
     return 0;
 }
 
-static PyObject *adopt(Plane *pl, long id, int cfd, int bfd, int cfds, int bfds, PyObject *client_ep, PyObject *cbuf,
-                       PyObject *bbuf, Py_buffer *cout, Py_buffer *bout);
-
 static PyObject *plane_adopt(Plane *pl, PyObject *args) {
     long id;
     int cfd, bfd, cfds, bfds;
@@ -861,23 +989,16 @@ static PyObject *plane_adopt(Plane *pl, PyObject *args) {
     Py_buffer cout, bout;
     if (!PyArg_ParseTuple(args, "liippOOOy*y*", &id, &cfd, &bfd, &cfds, &bfds, &client_ep, &cbuf, &bbuf, &cout, &bout))
         return NULL;
-    PyObject *r = adopt(pl, id, cfd, bfd, cfds, bfds, client_ep, cbuf, bbuf, &cout, &bout);
-    PyBuffer_Release(&cout);
-    PyBuffer_Release(&bout);
-    return r;
-}
-
-static PyObject *adopt(Plane *pl, long id, int cfd, int bfd, int cfds, int bfds, PyObject *client_ep, PyObject *cbuf,
-                       PyObject *bbuf, Py_buffer *cout, Py_buffer *bout) {
-    if (pl->closed) {
-        PyErr_SetString(PyExc_RuntimeError, "plane closed");
-        return NULL;
-    }
+    PyObject *result = NULL;
     Conn *c = calloc(1, sizeof(Conn));
-    if (!c) return PyErr_NoMemory();
+    if (!c) {
+        PyErr_NoMemory();
+        close(cfd);
+        close(bfd);
+        goto done;
+    }
     c->id = id;
-    c->client_ep = client_ep;
-    Py_INCREF(client_ep);
+    c->client_ep = Py_NewRef(client_ep);
     int fds[2] = {cfd, bfd}, ufds[2] = {cfds, bfds};
     PyObject *bufs[2] = {cbuf, bbuf};
     for (int i = 0; i < 2; i++) {
@@ -886,42 +1007,39 @@ static PyObject *adopt(Plane *pl, long id, int cfd, int bfd, int cfds, int bfds,
         s->idx = i;
         s->fd = fds[i];
         s->unix_fds = ufds[i];
-        s->reading = 1;
-        if (take_buffer(s, bufs[i]) < 0) {
+    }
+    for (int i = 0; i < 2; i++) {
+        if (take_buffer(&c->side[i], bufs[i]) < 0) {
             close(cfd);
             close(bfd);
             c->side[0].fd = c->side[1].fd = -1;
             conn_free(c);
-            return NULL;
+            goto done;
         }
     }
+    pthread_mutex_lock(&pl->mu);
     c->next = pl->conns[(unsigned long)id % CONN_BUCKETS];
     pl->conns[(unsigned long)id % CONN_BUCKETS] = c;
-    for (int i = 0; i < 2; i++) {
-        struct epoll_event ev = {0};
-        ev.events = EPOLLIN;
-        ev.data.ptr = &c->side[i];
-        if (epoll_ctl(pl->epfd, EPOLL_CTL_ADD, fds[i], &ev) < 0) {
-            char reason[160];
-            snprintf(reason, sizeof reason, "cannot watch the connection: %s", strerror(errno));
-            conn_close(pl, c, reason, 1);
-            reap_dead(pl);
-            Py_RETURN_NONE;
-        }
-    }
     /* what authentication left unsent goes first, then the frames that came with its end */
-    long frames = 0;
-    pl->running++;
-    Py_buffer *unsent[2] = {cout, bout};
+    Py_buffer *unsent[2] = {&cout, &bout};
     for (int i = 0; i < 2 && !c->closed; i++)
         if (unsent[i]->len) side_write(pl, &c->side[i], unsent[i]->buf, (size_t)unsent[i]->len, NULL, 0);
     int64_t now = monotonic_ns();
     for (int i = 0; i < 2 && !c->closed; i++)
-        if (c->side[i].in_len) frames += process(pl, &c->side[i], now);
-    pl->running--;
-    reap_dead(pl);
-    if (PyErr_Occurred()) return NULL;
-    return PyLong_FromLong(frames);
+        if (c->side[i].in_len) process(pl, &c->side[i], now);
+    for (int i = 0; i < 2 && !c->closed; i++) {
+        if (side_update(pl, &c->side[i]) < 0) {
+            char reason[160];
+            snprintf(reason, sizeof reason, "cannot watch the connection: %s", strerror(errno));
+            conn_close(pl, c, reason, 1);
+        }
+    }
+    pthread_mutex_unlock(&pl->mu);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&cout);
+    PyBuffer_Release(&bout);
+    return result;
 }
 
 static PyObject *plane_send(Plane *pl, PyObject *args) {
@@ -949,19 +1067,38 @@ static PyObject *plane_send(Plane *pl, PyObject *args) {
             Py_DECREF(o);
         }
     }
+    pthread_mutex_lock(&pl->mu);
     Conn *c = conn_find(pl, id);
-    if (!c || c->closed) {
+    int rc = -1;
+    if (!c || c->closed)
         close_fd_list(fds, (size_t)nfds);
-        PyBuffer_Release(&data);
-        Py_RETURN_FALSE;
-    }
-    pl->running++;
-    int rc = side_write(pl, &c->side[to_bus ? 1 : 0], data.buf, (size_t)data.len, fds, nfds);
-    pl->running--;
+    else
+        rc = side_write(pl, &c->side[to_bus ? 1 : 0], data.buf, (size_t)data.len, fds, nfds);
+    pthread_mutex_unlock(&pl->mu);
     PyBuffer_Release(&data);
-    reap_dead(pl);
-    if (rc < 0) Py_RETURN_FALSE;
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(rc == 0);
+}
+
+static PyObject *plane_resume(Plane *pl, PyObject *args) {
+    long id;
+    int from_client;
+    unsigned long long seq;
+    if (!PyArg_ParseTuple(args, "lpK", &id, &from_client, &seq)) return NULL;
+    pthread_mutex_lock(&pl->mu);
+    for (size_t i = 0; i < pl->nreserved; i++)
+        if (pl->reserved[i] == seq) {
+            pl->reserved[i] = pl->reserved[--pl->nreserved];
+            break;
+        }
+    Conn *c = conn_find(pl, id);
+    if (c && !c->closed) {
+        Side *s = &c->side[from_client ? 0 : 1];
+        s->blocked = 0;
+        if (s->in_len) process(pl, s, monotonic_ns());
+        if (!c->closed) side_update(pl, s);
+    }
+    pthread_mutex_unlock(&pl->mu);
+    Py_RETURN_NONE;
 }
 
 static PyObject *plane_take_fds(Plane *pl, PyObject *args) {
@@ -969,33 +1106,112 @@ static PyObject *plane_take_fds(Plane *pl, PyObject *args) {
     int from_client;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "lpn", &id, &from_client, &n)) return NULL;
-    PyObject *out = PyList_New(0);
-    if (!out) return NULL;
+    int got[MAX_UNIX_FDS];
+    Py_ssize_t k = 0;
+    pthread_mutex_lock(&pl->mu);
     Conn *c = conn_find(pl, id);
-    if (!c) return out;
-    Side *s = &c->side[from_client ? 0 : 1];
-    while (n-- > 0 && s->fdq_start < s->fdq_len) {
-        PyObject *v = PyLong_FromLong(s->fdq[s->fdq_start++]);
-        if (!v || PyList_Append(out, v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(v);
+    if (c) {
+        Side *s = &c->side[from_client ? 0 : 1];
+        while (k < n && k < MAX_UNIX_FDS && s->fdq_start < s->fdq_len) got[k++] = s->fdq[s->fdq_start++];
+        if (s->fdq_start == s->fdq_len) s->fdq_start = s->fdq_len = 0;
     }
-    if (s->fdq_start == s->fdq_len) s->fdq_start = s->fdq_len = 0;
+    pthread_mutex_unlock(&pl->mu);
+    PyObject *out = PyList_New(k);
+    if (!out) {
+        close_fd_list(got, (size_t)k);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) PyList_SET_ITEM(out, i, PyLong_FromLong(got[i]));
     return out;
 }
 
 static PyObject *plane_close(Plane *pl, PyObject *args) {
     long id;
     if (!PyArg_ParseTuple(args, "l", &id)) return NULL;
+    pthread_mutex_lock(&pl->mu);
     Conn *c = conn_find(pl, id);
-    if (c) {
-        conn_close(pl, c, "", 0);
-        reap_dead(pl);
-    }
+    if (c) conn_close(pl, c, "", 0);
+    reap_dead(pl, 0);
+    pthread_mutex_unlock(&pl->mu);
+    if (c) poke_thread(pl); /* finish its batch, so the connection's memory can go */
     Py_RETURN_NONE;
+}
+
+static PyObject *plane_take_events(Plane *pl, PyObject *Py_UNUSED(ignored)) {
+    uint64_t v;
+    ssize_t r = read(pl->wakefd, &v, sizeof v); /* before taking: a later event wakes us again */
+    (void)r;
+    pthread_mutex_lock(&pl->mu);
+    pl->woken = 0;
+    Event *events = pl->events;
+    size_t n = pl->nevents;
+    pl->events = NULL;
+    pl->nevents = pl->capevents = 0;
+    reap_dead(pl, 0);
+    pthread_mutex_unlock(&pl->mu);
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; i < n; i++) {
+        Event *e = &events[i];
+        PyObject *item = NULL;
+        if (out) {
+            if (e->kind == EV_FRAME)
+                item = Py_BuildValue("(sliy#LK)", "frame", e->conn, e->from_client, (const char *)e->data,
+                                     (Py_ssize_t)e->len, (long long)e->ts, (unsigned long long)e->seq);
+            else if (e->kind == EV_CLOSED)
+                item = Py_BuildValue("(sls)", "closed", e->conn, e->reason ? e->reason : "");
+            else
+                item = Py_BuildValue("(sliy#)", "malformed", e->conn, e->from_client, (const char *)e->data,
+                                     (Py_ssize_t)e->len);
+            if (!item || PyList_Append(out, item) < 0) Py_CLEAR(out);
+            Py_XDECREF(item);
+        }
+        free(e->data);
+        free(e->reason);
+    }
+    free(events);
+    return out;
+}
+
+static PyObject *plane_note_call(Plane *pl, PyObject *args) {
+    long id;
+    int to_bus;
+    PyObject *name;
+    unsigned long serial;
+    long long ts;
+    if (!PyArg_ParseTuple(args, "lpOkL", &id, &to_bus, &name, &serial, &ts)) return NULL;
+    const char *cname = name == Py_None ? NULL : PyUnicode_AsUTF8(name);
+    if (name != Py_None && !cname) return NULL;
+    int rc = 0;
+    pthread_mutex_lock(&pl->mu);
+    Conn *c = conn_find(pl, id);
+    if (c && serial) rc = pending_put(&c->pending, to_bus, cname, (uint32_t)serial, ts);
+    pthread_mutex_unlock(&pl->mu);
+    if (rc < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *plane_take_call(Plane *pl, PyObject *args) {
+    long id;
+    int to_bus;
+    PyObject *name;
+    unsigned long serial;
+    if (!PyArg_ParseTuple(args, "lpOk", &id, &to_bus, &name, &serial)) return NULL;
+    const char *cname = name == Py_None ? NULL : PyUnicode_AsUTF8(name);
+    if (name != Py_None && !cname) return NULL;
+    int64_t ts = -1;
+    pthread_mutex_lock(&pl->mu);
+    Conn *c = conn_find(pl, id);
+    if (c) ts = pending_take(&c->pending, to_bus, cname, (uint32_t)serial);
+    pthread_mutex_unlock(&pl->mu);
+    if (ts < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ts);
+}
+
+static PyObject *plane_next_seq(Plane *pl, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&pl->mu);
+    uint64_t seq = ++pl->seq;
+    pthread_mutex_unlock(&pl->mu);
+    return PyLong_FromUnsignedLongLong(seq);
 }
 
 static PyObject *plane_learn(Plane *pl, PyObject *args) {
@@ -1007,6 +1223,14 @@ static PyObject *plane_learn(Plane *pl, PyObject *args) {
                           &destination, &sig, &fh, &fm, &ft, &fd))
         return NULL;
     PyObject *result = NULL;
+    const char *sender_c = sender == Py_None ? NULL : PyUnicode_AsUTF8(sender);
+    const char *dest_c = destination == Py_None ? NULL : PyUnicode_AsUTF8(destination);
+    if ((sender != Py_None && !sender_c) || (destination != Py_None && !dest_c)) {
+        PyBuffer_Release(&key);
+        PyBuffer_Release(&sig);
+        return NULL;
+    }
+    pthread_mutex_lock(&pl->mu);
     if (key.len < 4) {
         PyErr_SetString(PyExc_ValueError, "key too short");
         goto done;
@@ -1052,9 +1276,13 @@ static PyObject *plane_learn(Plane *pl, PyObject *args) {
     }
     hd->key = malloc((size_t)key.len);
     hd->sig = malloc((size_t)sig.len + 1);
-    if (!hd->key || !hd->sig) {
+    hd->sender_c = sender_c ? strdup(sender_c) : NULL;
+    hd->dest_c = dest_c ? strdup(dest_c) : NULL;
+    if (!hd->key || !hd->sig || (sender_c && !hd->sender_c) || (dest_c && !hd->dest_c)) {
         free(hd->key);
         free(hd->sig);
+        free(hd->sender_c);
+        free(hd->dest_c);
         free(hd);
         PyErr_NoMemory();
         goto done;
@@ -1082,39 +1310,10 @@ static PyObject *plane_learn(Plane *pl, PyObject *args) {
     pl->nheads++;
     result = Py_NewRef(Py_True);
 done:
+    pthread_mutex_unlock(&pl->mu);
     PyBuffer_Release(&key);
     PyBuffer_Release(&sig);
     return result;
-}
-
-static PyObject *plane_note_call(Plane *pl, PyObject *args) {
-    long id;
-    int to_bus;
-    PyObject *name;
-    unsigned long serial;
-    long long ts;
-    if (!PyArg_ParseTuple(args, "lpOkL", &id, &to_bus, &name, &serial, &ts)) return NULL;
-    Conn *c = conn_find(pl, id);
-    if (c && serial && pending_put(&c->pending, to_bus, name == Py_None ? NULL : name, (uint32_t)serial, ts) < 0)
-        return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
-
-static PyObject *plane_take_call(Plane *pl, PyObject *args) {
-    long id;
-    int to_bus;
-    PyObject *name;
-    unsigned long serial;
-    if (!PyArg_ParseTuple(args, "lpOk", &id, &to_bus, &name, &serial)) return NULL;
-    Conn *c = conn_find(pl, id);
-    if (!c) Py_RETURN_NONE;
-    int64_t ts = pending_take(&c->pending, to_bus, name == Py_None ? NULL : name, (uint32_t)serial);
-    if (ts < 0) Py_RETURN_NONE;
-    return PyLong_FromLongLong(ts);
-}
-
-static PyObject *plane_next_seq(Plane *pl, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromUnsignedLongLong(++pl->seq);
 }
 
 /* -- encoding */
@@ -1188,14 +1387,40 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
     jbuf b = {NULL, 0, 0};
     char second_text[32];
     int64_t last_second = INT64_MIN;
+    /* take the queued records out; forwarding goes on queueing new ones meanwhile */
+    pthread_mutex_lock(&pl->mu);
     size_t i = 0, n = pl->nrecs;
     Rec *recs = pl->recs;
     unsigned char *arena = pl->arena;
-    /* later records may be queued by callbacks below: take these ones out first */
     pl->recs = NULL;
     pl->nrecs = pl->caprecs = 0;
     pl->arena = NULL;
     pl->arena_len = pl->arena_cap = 0;
+    /* records numbered after a frame Python still holds wait for it (and for the next encode) */
+    uint64_t watermark = UINT64_MAX;
+    for (size_t k = 0; k < pl->nreserved; k++)
+        if (pl->reserved[k] < watermark) watermark = pl->reserved[k];
+    size_t keep_from = n;
+    while (keep_from > 0 && recs[keep_from - 1].seq >= watermark) keep_from--;
+    if (keep_from < n) {
+        for (size_t k = keep_from; k < n; k++) {
+            Rec *kept = rec_new(pl);
+            size_t off = pl->arena_len;
+            if (!kept || arena_reserve(pl, recs[k].len) < 0) { /* cannot hold them back: write them now */
+                if (kept) pl->nrecs--;
+                keep_from = n;
+                break;
+            }
+            *kept = recs[k];
+            memcpy(pl->arena + off, arena + recs[k].off, recs[k].len);
+            kept->off = off;
+            pl->arena_len += recs[k].len;
+        }
+        if (keep_from < n) n = keep_from;
+    }
+    pl->records_signalled = pl->big_signalled = 0;
+    pthread_cond_broadcast(&pl->drained);
+    pthread_mutex_unlock(&pl->mu);
     if (!out || !memo) goto fail;
     for (; i < n; i++) {
         Rec *r = &recs[i];
@@ -1207,10 +1432,11 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
             bi++;
         }
         Head *hd = r->head;
-        size_t slot = (((uintptr_t)hd >> 4) ^ ((uintptr_t)r->client_ep >> 4) * 31 ^ r->to_bus) & (MEMO_SLOTS - 1);
+        PyObject *client_ep = r->owner->client_ep;
+        size_t slot = (((uintptr_t)hd >> 4) ^ ((uintptr_t)client_ep >> 4) * 31 ^ r->to_bus) & (MEMO_SLOTS - 1);
         Memo *m = &memo[slot];
-        if (m->head != hd || m->client_ep != r->client_ep || m->to_bus != r->to_bus || !m->sender_json) {
-            PyObject *res = PyObject_CallFunction(endpoints, "OOOO", r->client_ep, r->to_bus ? Py_True : Py_False,
+        if (m->head != hd || m->client_ep != client_ep || m->to_bus != r->to_bus || !m->sender_json) {
+            PyObject *res = PyObject_CallFunction(endpoints, "OOOO", client_ep, r->to_bus ? Py_True : Py_False,
                                                   hd->sender, hd->destination);
             if (!res) goto fail;
             PyObject *sj, *dj;
@@ -1223,7 +1449,7 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
             m->sender_json = Py_NewRef(sj);
             m->dest_json = Py_NewRef(dj);
             m->head = hd;
-            m->client_ep = r->client_ep;
+            m->client_ep = client_ep;
             m->to_bus = r->to_bus;
             Py_DECREF(res);
         }
@@ -1267,18 +1493,29 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
         if (b.len >= (size_t)slice && flush_chunk(&b, out) < 0) goto fail;
     }
     if (flush_chunk(&b, out) < 0) goto fail;
-    for (; bi < nb; bi++)
+    for (; bi < nb; bi++) {
+        unsigned long long bseq = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, bi));
+        if (PyErr_Occurred()) goto fail;
+        if (bseq >= watermark) break;
         if (PyList_Append(out, Py_None) < 0) goto fail;
+    }
+    {
+        PyObject *res = Py_BuildValue("(NKn)", out, (unsigned long long)watermark, (Py_ssize_t)n);
+        out = res;
+    }
     goto cleanup;
 nomem:
     PyErr_NoMemory();
 fail:
     Py_CLEAR(out);
 cleanup:
+    pthread_mutex_lock(&pl->mu);
     for (size_t k = 0; k < n; k++) {
         head_release(recs[k].head);
-        Py_DECREF(recs[k].client_ep);
+        recs[k].owner->refs--;
     }
+    reap_dead(pl, 0);
+    pthread_mutex_unlock(&pl->mu);
     free(recs);
     free(arena);
     free(b.p);
@@ -1293,12 +1530,27 @@ cleanup:
     return out;
 }
 
-static PyObject *plane_fileno(Plane *pl, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(pl->epfd); }
+static PyObject *plane_fileno(Plane *pl, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(pl->wakefd); }
 
+/* Stop the thread and close every connection (with the GIL; queued records stay to be encoded). */
 static void plane_shutdown(Plane *pl) {
+    if (pl->thread_running) {
+        pthread_mutex_lock(&pl->mu);
+        pl->stop = 1;
+        pthread_cond_broadcast(&pl->drained);
+        pthread_mutex_unlock(&pl->mu);
+        poke_thread(pl);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(pl->thread, NULL);
+        Py_END_ALLOW_THREADS
+        pl->thread_running = 0;
+    }
+    pthread_mutex_lock(&pl->mu);
     for (size_t b = 0; b < CONN_BUCKETS; b++)
         while (pl->conns[b]) conn_close(pl, pl->conns[b], "", 0);
-    reap_dead(pl);
+    pl->batch++;
+    reap_dead(pl, 0);
+    pthread_mutex_unlock(&pl->mu);
 }
 
 static PyObject *plane_close_all(Plane *pl, PyObject *Py_UNUSED(ignored)) {
@@ -1306,37 +1558,71 @@ static PyObject *plane_close_all(Plane *pl, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-static PyObject *plane_get_pending(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromSize_t(pl->nrecs); }
-static PyObject *plane_get_pending_bytes(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromSize_t(pl->arena_len); }
+static PyObject *plane_get_pending(Plane *pl, void *Py_UNUSED(c)) {
+    pthread_mutex_lock(&pl->mu);
+    size_t n = pl->nrecs;
+    pthread_mutex_unlock(&pl->mu);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *plane_get_pending_bytes(Plane *pl, void *Py_UNUSED(c)) {
+    pthread_mutex_lock(&pl->mu);
+    size_t n = pl->arena_len;
+    pthread_mutex_unlock(&pl->mu);
+    return PyLong_FromSize_t(n);
+}
+
 static PyObject *plane_get_connections(Plane *pl, void *Py_UNUSED(c)) {
     long n = 0;
+    pthread_mutex_lock(&pl->mu);
     for (size_t b = 0; b < CONN_BUCKETS; b++)
         for (Conn *c = pl->conns[b]; c; c = c->next) n++;
+    pthread_mutex_unlock(&pl->mu);
     return PyLong_FromLong(n);
 }
 
+static PyObject *plane_get_compiled(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_compiled); }
+static PyObject *plane_get_handed(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_handed); }
+
 static int plane_init(Plane *pl, PyObject *args, PyObject *kw) {
-    static char *names[] = {"on_frame", "on_closed", "on_malformed", "epoch_ns", "record", "decode_args", NULL};
+    static char *names[] = {"epoch_ns", "record", "decode_args", NULL};
     long long epoch;
     int record = 1, decode = 1;
-    PyObject *f, *c, *m;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|pp", names, &f, &c, &m, &epoch, &record, &decode)) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|pp", names, &epoch, &record, &decode)) return -1;
+    if (pl->epfd >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a plane is initialised once");
+        return -1;
+    }
     pl->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (pl->epfd < 0) {
+    pl->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    pl->pokefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (pl->epfd < 0 || pl->wakefd < 0 || pl->pokefd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    Py_XSETREF(pl->on_frame, Py_NewRef(f));
-    Py_XSETREF(pl->on_closed, Py_NewRef(c));
-    Py_XSETREF(pl->on_malformed, Py_NewRef(m));
+    struct epoll_event ev = {0};
+    ev.events = EPOLLIN;
+    ev.data.ptr = NULL;
+    if (epoll_ctl(pl->epfd, EPOLL_CTL_ADD, pl->pokefd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     pl->epoch_ns = epoch;
     pl->record = record;
     pl->decode_args = decode;
+    int rc = pthread_create(&pl->thread, NULL, forward_loop, pl);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    pl->thread_running = 1;
     return 0;
 }
 
 static void plane_dealloc(Plane *pl) {
     plane_shutdown(pl);
+    reap_dead(pl, 1);
     for (size_t b = 0; b < HEAD_BUCKETS; b++) {
         Head *o = pl->heads[b];
         while (o) {
@@ -1345,45 +1631,56 @@ static void plane_dealloc(Plane *pl) {
             o = next;
         }
     }
-    for (size_t k = 0; k < pl->nrecs; k++) {
-        head_release(pl->recs[k].head);
-        Py_DECREF(pl->recs[k].client_ep);
-    }
+    for (size_t k = 0; k < pl->nrecs; k++) head_release(pl->recs[k].head);
+    reap_dead(pl, 1);
     free(pl->recs);
     free(pl->arena);
+    for (size_t k = 0; k < pl->nevents; k++) {
+        free(pl->events[k].data);
+        free(pl->events[k].reason);
+    }
+    free(pl->events);
+    free(pl->reserved);
     if (pl->epfd >= 0) close(pl->epfd);
-    Py_XDECREF(pl->on_frame);
-    Py_XDECREF(pl->on_closed);
-    Py_XDECREF(pl->on_malformed);
+    if (pl->wakefd >= 0) close(pl->wakefd);
+    if (pl->pokefd >= 0) close(pl->pokefd);
+    pthread_mutex_destroy(&pl->mu);
+    pthread_cond_destroy(&pl->drained);
     Py_TYPE(pl)->tp_free((PyObject *)pl);
 }
 
 static PyObject *plane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw)) {
     Plane *pl = (Plane *)type->tp_alloc(type, 0);
-    if (pl) pl->epfd = -1;
+    if (pl) {
+        pl->epfd = pl->wakefd = pl->pokefd = -1;
+        pthread_mutex_init(&pl->mu, NULL);
+        pthread_cond_init(&pl->drained, NULL);
+    }
     return (PyObject *)pl;
 }
 
 static PyMethodDef plane_methods[] = {
-    {"fileno", (PyCFunction)plane_fileno, METH_NOARGS, "The epoll fd the event loop watches."},
-    {"run", (PyCFunction)plane_run, METH_NOARGS, "Forward what is ready; returns the number of frames."},
+    {"fileno", (PyCFunction)plane_fileno, METH_NOARGS, "The eventfd that says there are events or records for Python."},
+    {"take_events", (PyCFunction)plane_take_events, METH_NOARGS,
+     "Events for Python, in order: ('frame', id, from_client, raw, ts, seq), ('closed', id, reason), "
+     "('malformed', id, from_client, fixed_header)"},
     {"adopt", (PyCFunction)plane_adopt, METH_VARARGS,
-     "adopt(id, client_fd, bus_fd, client_unix_fds, bus_unix_fds, client_endpoint, client_bytes, bus_bytes)"},
+     "adopt(id, client_fd, bus_fd, client_unix_fds, bus_unix_fds, client_endpoint, client_bytes, bus_bytes, "
+     "to_client, to_bus)"},
     {"send", (PyCFunction)plane_send, METH_VARARGS, "send(id, to_bus, data, fds=None) -> False if closed"},
+    {"resume", (PyCFunction)plane_resume, METH_VARARGS, "resume(id, from_client, seq): Python has recorded and sent that side's frame"},
     {"take_fds", (PyCFunction)plane_take_fds, METH_VARARGS, "take_fds(id, from_client, n) -> list of fds"},
     {"close", (PyCFunction)plane_close, METH_VARARGS, "close(id): close a connection's two sockets"},
-    {"close_all", (PyCFunction)plane_close_all, METH_NOARGS, "Close every connection."},
+    {"close_all", (PyCFunction)plane_close_all, METH_NOARGS, "Stop forwarding and close every connection."},
     {"learn", (PyCFunction)plane_learn, METH_VARARGS, "Remember a header the strict path accepted."},
     {"note_call", (PyCFunction)plane_note_call, METH_VARARGS, "note_call(id, to_bus, name, serial, ts)"},
     {"take_call", (PyCFunction)plane_take_call, METH_VARARGS, "take_call(id, to_bus, name, serial) -> ts or None"},
     {"next_seq", (PyCFunction)plane_next_seq, METH_NOARGS, "The next record number."},
     {"encode", (PyCFunction)plane_encode, METH_VARARGS,
-     "encode(bounds, endpoints, slice=1MiB) -> JSON-line chunks, None where each seq of bounds goes"},
+     "encode(bounds, endpoints, slice=1MiB) -> (JSON-line chunks with None where each seq of bounds goes, "
+     "watermark: records from this number on were held back, records encoded)"},
     {NULL, NULL, 0, NULL},
 };
-
-static PyObject *plane_get_compiled(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_compiled); }
-static PyObject *plane_get_handed(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_handed); }
 
 static PyGetSetDef plane_getset[] = {
     {"compiled", (getter)plane_get_compiled, NULL, "frames forwarded by the plane alone", NULL},

@@ -621,7 +621,7 @@ class Session:
         )
         return True
 
-    def slow_frame(self, raw: bytes, direction: Direction, ts_ns: int) -> None:
+    def slow_frame(self, raw: bytes, direction: Direction, ts_ns: int, seq: int) -> None:
         """A frame the plane does not forward alone: parse it strictly, record it, teach the plane its header."""
         plane = self.plane
         to_bus = direction is Direction.TO_BUS
@@ -633,24 +633,25 @@ class Session:
                 if len(fds) < message.unix_fds:
                     raise wire.FrameError(f"message announces {message.unix_fds} fds, {len(fds)} arrived")
         except wire.FrameError as exc:
-            self.malformed("client" if to_bus else "bus", str(exc))
+            self.malformed("client" if to_bus else "bus", str(exc), seq)
             return
         if self.closed:
             _close_fds(message.fds)
+            self.proxy.recorder.event("discarded", seq, connection=self.id, reason="connection closed")
             return
         entry = plane_entries.entry_for(message)
         if entry is not None:
             plane.learn(*entry)
-        verdict = self._handle(message, direction, ts_ns)
+        verdict = self._handle(message, direction, ts_ns, seq)
         if verdict is not None and verdict.replacement is not None:
             message = verdict.replacement  # a credentials reply rewritten (no interceptors run here)
         plane.send(self.id, to_bus, message.raw, message.fds or None)
 
-    def malformed(self, side: str, reason: str) -> None:
-        self.proxy.recorder.event("malformed", connection=self.id, side=side, reason=reason)
+    def malformed(self, side: str, reason: str, seq: int = 0) -> None:
+        self.proxy.recorder.event("malformed", seq, connection=self.id, side=side, reason=reason)
         self.close(f"malformed message from the {side}: {reason}")
 
-    def _handle(self, message: Message, direction: Direction, now: int = 0) -> Verdict | None:
+    def _handle(self, message: Message, direction: Direction, now: int = 0, seq: int = 0) -> Verdict | None:
         """Book-keeping and the chain; returns None for an unchanged forward."""
         proxy = self.proxy
         now = now or time.monotonic_ns()
@@ -735,6 +736,7 @@ class Session:
             self.client_ep,
             latency,
             now,
+            seq=seq,
         )
         if verdict is None and rewritten:
             return Verdict(Action.MODIFY, replacement=message, reason="real client's credentials")
@@ -932,9 +934,6 @@ class Proxy:
         self.plane: Any = None
         if USE_PLANE and plane_entries.available() and not chain.interceptors and recorder.takes_lines:
             self.plane = plane_entries.new_plane(
-                on_frame=self._plane_frame,
-                on_closed=self._plane_closed,
-                on_malformed=self._plane_malformed,
                 epoch_ns=recorder.epoch_ns,
                 record=recorder.active,
                 decode_args=recorder.decode_args,
@@ -1011,32 +1010,37 @@ class Proxy:
             session.start()
             self.after_batch()
 
-    # the compiled plane's callbacks
+    # what the compiled plane's thread left for Python
     def _plane_ready(self) -> None:
-        frames = self.plane.run()
-        if frames:
-            self.after_batch(frames)
-
-    def _plane_frame(self, conn_id: int, from_client: bool, raw: bytes, ts_ns: int) -> None:
-        session = self.sessions.get(conn_id)
-        if session is not None:
-            session.slow_frame(raw, Direction.TO_BUS if from_client else Direction.FROM_BUS, ts_ns)
-
-    def _plane_closed(self, conn_id: int, reason: str) -> None:
-        session = self.sessions.get(conn_id)
-        if session is not None:
-            session.close(reason)
-
-    def _plane_malformed(self, conn_id: int, from_client: bool, head: bytes) -> None:
-        session = self.sessions.get(conn_id)
-        if session is None:
-            return
-        try:
-            wire.frame_size(head)
-            reason = "malformed fixed header"
-        except wire.FrameError as exc:
-            reason = str(exc)
-        session.malformed("client" if from_client else "bus", reason)
+        plane = self.plane
+        for event in plane.take_events():
+            kind, conn_id = event[0], event[1]
+            session = self.sessions.get(conn_id)
+            if kind == "frame":
+                from_client, raw, ts_ns, seq = event[2], event[3], event[4], event[5]
+                try:
+                    if session is not None:
+                        session.slow_frame(raw, Direction.TO_BUS if from_client else Direction.FROM_BUS, ts_ns, seq)
+                    else:
+                        self.recorder.event("discarded", seq, connection=conn_id, reason="connection closed")
+                finally:
+                    plane.resume(conn_id, from_client, seq)  # that side reads again
+            elif session is None:
+                continue
+            elif kind == "closed":
+                session.close(event[2])
+            else:  # malformed: the fixed header names what is wrong
+                try:
+                    wire.frame_size(event[3])
+                    reason = "malformed fixed header"
+                except wire.FrameError as exc:
+                    reason = str(exc)
+                session.malformed("client" if event[2] else "bus", reason)
+        recorder = self.recorder
+        if recorder.pending_bytes >= ENCODE_BYTES:
+            self._write_records()
+        elif self._write_timer is None and recorder.backlog:
+            self._write_timer = self.loop.call_later(FLUSH_DELAY, self._write_records)
 
     def after_batch(self, frames: int = 1) -> None:
         """Record what was just forwarded, off the forwarding itself.
@@ -1146,6 +1150,7 @@ class Proxy:
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(self.plane.fileno())
             self.plane.close_all()
+            self._plane_ready()  # frames it had handed over are recorded (as discarded) before the last write
         self._write_records()
 
 

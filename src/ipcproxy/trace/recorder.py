@@ -106,8 +106,9 @@ class Recorder:
         ts_ns: int | None = None,
         sender: Endpoint | None = None,
         destination: Endpoint | None = None,
+        seq: int = 0,
     ) -> int:
-        seq = self.next_seq()
+        seq = seq or self.next_seq()
         if self.active:
             self._pending.append(
                 (
@@ -142,8 +143,9 @@ class Recorder:
             self.backlog_bytes += len(raw)
         return seq
 
-    def event(self, event: str, **fields: Any) -> int:
-        seq = self.next_seq()
+    def event(self, event: str, seq: int = 0, **fields: Any) -> int:
+        """``seq``: a number taken earlier (the compiled plane numbers frames as they arrive)."""
+        seq = seq or self.next_seq()
         if self.active:
             self._pending.append((seq, time.monotonic_ns(), event, fields))
         return seq
@@ -166,7 +168,9 @@ class Recorder:
         encoded: large arguments are then written while still in the CPU's cache.
         """
         plane = self._plane
-        if plane is not None and plane.pending:
+        if plane is not None:  # every record goes through it: it knows which may be written yet
+            if not self._pending and not plane.pending:
+                return
             pending, self._pending = self._pending, []
             self.backlog_bytes = 0
             self._encode_with_plane(pending, write_every)
@@ -306,8 +310,15 @@ class Recorder:
 
     def _encode_with_plane(self, pending: list[tuple[Any, ...]], write_every: int) -> None:
         """The plane's records, with ours (messages it left to Python, events) where their numbers fall."""
-        plane_records = self._plane.pending
-        pieces = self._plane.encode([item[0] for item in pending], self._plane_endpoints, WRITE_SLICE)
+        pending.sort(key=_first)  # a frame numbered on arrival may be recorded after later events
+        pieces, watermark, plane_records = self._plane.encode(
+            [item[0] for item in pending], self._plane_endpoints, WRITE_SLICE
+        )
+        # records numbered from a frame Python has not recorded yet on wait with the plane's
+        held = [item for item in pending if item[0] >= watermark]
+        if held:
+            self._pending[:0] = held
+            pending = pending[: len(pending) - len(held)]
         ours = iter(pending)
         chunks: list[bytes] = []
         encoded = 0
@@ -396,6 +407,10 @@ class Recorder:
         for sink in self.sinks:
             sink.close()
         self.sinks = []
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
 
 
 def _takes_lines(sink: Sink) -> bool:
