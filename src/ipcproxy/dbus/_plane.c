@@ -292,6 +292,12 @@ typedef struct {
     unsigned long batch; /* batches the thread has finished: stale epoll pointers die with them */
     Event *events;
     size_t nevents, capevents;
+    unsigned char *spare_arena; /* the last encoded batch's buffers, kept for the next one: */
+    size_t spare_cap;           /* fresh memory costs page faults at 64 KiB per message */
+    Rec *spare_recs;
+    size_t spare_caprecs;
+    jbuf out; /* encode's output buffer, likewise kept */
+    int encoding;
     uint64_t *reserved; /* numbers of frames handed to Python and not yet resumed: no record at or */
     size_t nreserved, capreserved; /* after the smallest may be written before that frame's */
     int woken;            /* wakefd written since Python last took events */
@@ -613,7 +619,21 @@ static void reap_dead(Plane *pl, int all) {
 
 /* ------------------------------------------------------------------ records */
 
+static void take_spares(Plane *pl) {
+    if (!pl->arena && pl->spare_arena) {
+        pl->arena = pl->spare_arena;
+        pl->arena_cap = pl->spare_cap;
+        pl->spare_arena = NULL;
+    }
+    if (!pl->recs && pl->spare_recs) {
+        pl->recs = pl->spare_recs;
+        pl->caprecs = pl->spare_caprecs;
+        pl->spare_recs = NULL;
+    }
+}
+
 static int arena_reserve(Plane *pl, size_t extra) {
+    take_spares(pl);
     if (pl->arena_cap - pl->arena_len >= extra) return 0;
     size_t cap = pl->arena_cap ? pl->arena_cap : 1 << 20;
     while (cap - pl->arena_len < extra) cap *= 2;
@@ -625,6 +645,7 @@ static int arena_reserve(Plane *pl, size_t extra) {
 }
 
 static Rec *rec_new(Plane *pl) {
+    take_spares(pl);
     if (pl->nrecs == pl->caprecs) {
         size_t cap = pl->caprecs ? pl->caprecs * 2 : 1024;
         Rec *r = realloc(pl->recs, cap * sizeof(Rec));
@@ -696,6 +717,7 @@ static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned
     int64_t latency = -1;
     int little = f[0] == 'l';
     /* the JSON of other bodies is made now: it is also the check the strict path would do */
+    take_spares(pl);
     size_t off = pl->arena_len, len = 0;
     if (hd->kind == KIND_OTHER) {
         jbuf jb = {(char *)pl->arena, pl->arena_len, pl->arena_cap};
@@ -1385,6 +1407,13 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
     PyObject *out = PyList_New(0);
     Memo *memo = calloc(MEMO_SLOTS, sizeof(Memo));
     jbuf b = {NULL, 0, 0};
+    int own_out = !pl->encoding; /* a callback may encode again: that one gets its own buffer */
+    if (own_out) {
+        b = pl->out;
+        b.len = 0;
+        pl->out = (jbuf){NULL, 0, 0};
+        pl->encoding = 1;
+    }
     char second_text[32];
     int64_t last_second = INT64_MIN;
     /* take the queued records out; forwarding goes on queueing new ones meanwhile */
@@ -1392,6 +1421,7 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
     size_t i = 0, n = pl->nrecs;
     Rec *recs = pl->recs;
     unsigned char *arena = pl->arena;
+    size_t recs_cap = pl->caprecs, arena_cap = pl->arena_cap;
     pl->recs = NULL;
     pl->nrecs = pl->caprecs = 0;
     pl->arena = NULL;
@@ -1516,9 +1546,27 @@ cleanup:
     }
     reap_dead(pl, 0);
     pthread_mutex_unlock(&pl->mu);
-    free(recs);
-    free(arena);
-    free(b.p);
+    pthread_mutex_lock(&pl->mu);
+    if (!pl->spare_recs) {
+        pl->spare_recs = recs;
+        pl->spare_caprecs = recs_cap;
+    } else {
+        free(recs);
+    }
+    if (!pl->spare_arena) {
+        pl->spare_arena = arena;
+        pl->spare_cap = arena_cap;
+    } else {
+        free(arena);
+    }
+    pthread_mutex_unlock(&pl->mu);
+    if (own_out) {
+        b.len = 0;
+        pl->out = b;
+        pl->encoding = 0;
+    } else {
+        free(b.p);
+    }
     if (memo) {
         for (size_t k = 0; k < MEMO_SLOTS; k++) {
             Py_XDECREF(memo[k].sender_json);
@@ -1641,6 +1689,9 @@ static void plane_dealloc(Plane *pl) {
     }
     free(pl->events);
     free(pl->reserved);
+    free(pl->spare_arena);
+    free(pl->spare_recs);
+    free(pl->out.p);
     if (pl->epfd >= 0) close(pl->epfd);
     if (pl->wakefd >= 0) close(pl->wakefd);
     if (pl->pokefd >= 0) close(pl->pokefd);
