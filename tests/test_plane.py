@@ -105,3 +105,71 @@ def test_interceptors_keep_the_python_path(bus, proxy_factory, tmp_path):
     busctl(proxy.address, "list")
     proxy.stop()
     assert [r["forwarding"] for r in proxy.records() if r.get("event") == "proxy_start"] == ["python"]
+
+
+def test_a_trace_that_cannot_keep_up_stalls_forwarding_and_loses_nothing(bus, tmp_path):
+    """The trace is a FIFO nobody reads for a while: forwarding waits (and says so), nothing is dropped."""
+    import os
+    import threading
+
+    from conftest import ProxyProcess
+    from ipcproxy.dbus.wire import DESTINATION, MEMBER, PATH, SIGNATURE
+    from test_proxy_faithful import RawClient
+    from test_wire import frame
+
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    copy = tmp_path / "trace.jsonl"
+    release = threading.Event()
+
+    def slow_reader() -> None:
+        with open(fifo, "rb") as pipe, open(copy, "wb") as out:
+            release.wait(60)
+            while chunk := pipe.read(1 << 20):
+                out.write(chunk)
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    workdir = tmp_path / "proxy"
+    workdir.mkdir()
+    proxy = ProxyProcess(bus.address, workdir, ["-w", str(fifo)])  # the later -w wins
+    receiver = RawClient(proxy.address, timeout=120)
+    receiver.hello()
+    sender = RawClient(proxy.address, timeout=120)
+    sender.hello()
+    count, payload = 100, os.urandom(1 << 20)
+    fields = [(PATH, "o", "/big"), (MEMBER, "s", "Big"), (DESTINATION, "s", receiver.name), (SIGNATURE, "g", "ay")]
+    frames = [frame("l", 1, 10 + i, fields, "ay", [payload], flags=1) for i in range(count)]
+    got: list[int] = []
+
+    def receive() -> None:
+        for _ in range(count):
+            got.append(receiver.recv(lambda m: m.member == "Big", "a big call").serial)
+
+    receiving = threading.Thread(target=receive)
+    receiving.start()
+    sending = threading.Thread(target=lambda: [sender.send(f, parse=False) for f in frames])
+    sending.start()
+    # with nobody reading the trace, at most the plane's 64 MiB and the writer's 64 MiB can wait:
+    # forwarding must stall well before all 200 MiB (both directions) went through
+    receiving.join(8)
+    stalled = receiving.is_alive()
+    release.set()
+    sending.join(120)
+    receiving.join(120)
+    assert stalled, "forwarding went on although the trace could not be written"
+    assert got == [10 + i for i in range(count)]
+    sender.close()
+    receiver.close()
+    assert proxy.stop() == 0
+    reader.join(60)
+    records = [json.loads(line) for line in copy.read_bytes().splitlines()[1:]]
+    seqs = [r["seq"] for r in records]
+    assert seqs == list(range(1, len(seqs) + 1))
+    big = [r for r in messages(records) if r["member"] == "Big"]
+    assert sorted((r["direction"], r["serial"]) for r in big) == sorted(
+        (d, 10 + i) for d in ("to_bus", "from_bus") for i in range(count)
+    )
+    assert all(r["args"] == [payload.hex()] for r in big[:3])
+    waits = [r for r in records if r.get("event") == "backpressure"]
+    assert waits and all(r["waited_ms"] > 0 for r in waits)

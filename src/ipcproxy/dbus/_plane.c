@@ -278,6 +278,7 @@ typedef struct {
 #define EV_FRAME 0
 #define EV_CLOSED 1
 #define EV_MALFORMED 2
+#define EV_STALLED 3 /* forwarding waited for the trace to be written (ts: how long) */
 
 typedef struct {
     PyObject_HEAD
@@ -958,7 +959,11 @@ static void *forward_loop(void *arg) {
         int n = epoll_wait(pl->epfd, evs, 128, -1);
         if (n < 0 && errno != EINTR) break;
         pthread_mutex_lock(&pl->mu);
-        while (!pl->stop && pl->arena_len > ARENA_LIMIT) pthread_cond_wait(&pl->drained, &pl->mu);
+        if (!pl->stop && pl->arena_len > ARENA_LIMIT) {
+            int64_t since = monotonic_ns();
+            while (!pl->stop && pl->arena_len > ARENA_LIMIT) pthread_cond_wait(&pl->drained, &pl->mu);
+            push_event(pl, EV_STALLED, 0, 0, NULL, 0, monotonic_ns() - since, NULL);
+        }
         if (pl->stop) {
             pthread_mutex_unlock(&pl->mu);
             break;
@@ -1181,6 +1186,8 @@ static PyObject *plane_take_events(Plane *pl, PyObject *Py_UNUSED(ignored)) {
                                      (Py_ssize_t)e->len, (long long)e->ts, (unsigned long long)e->seq);
             else if (e->kind == EV_CLOSED)
                 item = Py_BuildValue("(sls)", "closed", e->conn, e->reason ? e->reason : "");
+            else if (e->kind == EV_STALLED)
+                item = Py_BuildValue("(slL)", "stalled", 0L, (long long)e->ts);
             else
                 item = Py_BuildValue("(sliy#)", "malformed", e->conn, e->from_client, (const char *)e->data,
                                      (Py_ssize_t)e->len);
@@ -1714,7 +1721,7 @@ static PyMethodDef plane_methods[] = {
     {"fileno", (PyCFunction)plane_fileno, METH_NOARGS, "The eventfd that says there are events or records for Python."},
     {"take_events", (PyCFunction)plane_take_events, METH_NOARGS,
      "Events for Python, in order: ('frame', id, from_client, raw, ts, seq), ('closed', id, reason), "
-     "('malformed', id, from_client, fixed_header)"},
+     "('malformed', id, from_client, fixed_header), ('stalled', 0, waited_ns)"},
     {"adopt", (PyCFunction)plane_adopt, METH_VARARGS,
      "adopt(id, client_fd, bus_fd, client_unix_fds, bus_unix_fds, client_endpoint, client_bytes, bus_bytes, "
      "to_client, to_bus)"},

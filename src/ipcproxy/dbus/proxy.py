@@ -1015,6 +1015,9 @@ class Proxy:
         plane = self.plane
         for event in plane.take_events():
             kind, conn_id = event[0], event[1]
+            if kind == "stalled":  # bounded memory: forwarding waited for the trace to be written
+                self.recorder.event("backpressure", waited_ms=round(event[2] / 1e6, 3), reason="trace writing behind")
+                continue
             session = self.sessions.get(conn_id)
             if kind == "frame":
                 from_client, raw, ts_ns, seq = event[2], event[3], event[4], event[5]
