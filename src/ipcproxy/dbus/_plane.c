@@ -361,7 +361,7 @@ static int side_update(Plane *pl, Side *s) {
 }
 
 static void wake_python(Plane *pl) {
-    if (pl->woken) return;
+    if (pl->woken || pl->wakefd < 0) return;
     pl->woken = 1;
     uint64_t one = 1;
     ssize_t n = write(pl->wakefd, &one, sizeof one);
@@ -369,6 +369,7 @@ static void wake_python(Plane *pl) {
 }
 
 static void poke_thread(Plane *pl) {
+    if (pl->pokefd < 0) return;
     uint64_t one = 1;
     ssize_t n = write(pl->pokefd, &one, sizeof one);
     (void)n;
@@ -1017,9 +1018,12 @@ static PyObject *plane_adopt(Plane *pl, PyObject *args) {
     if (!PyArg_ParseTuple(args, "liippOOOy*y*", &id, &cfd, &bfd, &cfds, &bfds, &client_ep, &cbuf, &bbuf, &cout, &bout))
         return NULL;
     PyObject *result = NULL;
-    Conn *c = calloc(1, sizeof(Conn));
+    Conn *c = pl->epfd < 0 ? NULL : calloc(1, sizeof(Conn));
     if (!c) {
-        PyErr_NoMemory();
+        if (pl->epfd < 0)
+            PyErr_SetString(PyExc_RuntimeError, "the plane is closed");
+        else
+            PyErr_NoMemory();
         close(cfd);
         close(bfd);
         goto done;
@@ -1166,8 +1170,10 @@ static PyObject *plane_close(Plane *pl, PyObject *args) {
 
 static PyObject *plane_take_events(Plane *pl, PyObject *Py_UNUSED(ignored)) {
     uint64_t v;
-    ssize_t r = read(pl->wakefd, &v, sizeof v); /* before taking: a later event wakes us again */
-    (void)r;
+    if (pl->wakefd >= 0) {
+        ssize_t r = read(pl->wakefd, &v, sizeof v); /* before taking: a later event wakes us again */
+        (void)r;
+    }
     pthread_mutex_lock(&pl->mu);
     pl->woken = 0;
     Event *events = pl->events;
@@ -1606,6 +1612,11 @@ static void plane_shutdown(Plane *pl) {
     pl->batch++;
     reap_dead(pl, 0);
     pthread_mutex_unlock(&pl->mu);
+    /* a proxy in a long-lived process (campaign workers) must not keep its descriptors */
+    if (pl->epfd >= 0) close(pl->epfd);
+    if (pl->pokefd >= 0) close(pl->pokefd);
+    if (pl->wakefd >= 0) close(pl->wakefd);
+    pl->epfd = pl->pokefd = pl->wakefd = -1;
 }
 
 static PyObject *plane_close_all(Plane *pl, PyObject *Py_UNUSED(ignored)) {
