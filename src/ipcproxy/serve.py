@@ -128,11 +128,10 @@ class Service:
             forwarding="compiled" if self.proxy.plane is not None else "python",
         )
         self.recorder.flush()
-        if os.environ.get("IPCPROXY_GC_FREEZE", "1") == "1":
-            # everything built so far lives as long as the proxy: keep the cyclic collector
-            # from walking it again and again while traffic flows
-            gc.collect()
-            gc.freeze()
+        # everything built so far lives as long as the proxy: keep the cyclic collector
+        # from walking it again and again while traffic flows
+        gc.collect()
+        gc.freeze()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.loop.add_signal_handler(signal.SIGHUP, reload_chain, self.chain)
