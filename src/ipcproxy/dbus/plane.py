@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from ..model import BUS_DRIVER_NAME, Message
-from ..trace.records import _TYPE_NAMES, _encode
+from ..trace.records import _TYPE_NAMES, _encode, header_fields_json
 from . import wire
 
 _plane: Any
@@ -50,22 +50,10 @@ def entry_for(message: Message) -> tuple[Any, ...] | None:
         return None
     if BUS_DRIVER_NAME in (message.sender, message.destination):
         return None
-    raw = message.raw
-    u32 = wire._U32[raw[0]]
-    fields_len = u32.unpack_from(raw, 12)[0]
-    end = wire.FIXED_HEADER + fields_len
-    reply_at = wire._reply_serial_at(raw)
-    if reply_at == -2:
+    keyed = wire.header_key(message.raw)
+    if keyed is None:
         return None
-    at = raw.find(wire._REPLY_SERIAL_FIELD, wire.FIXED_HEADER, end)
-    if at >= 0:
-        if at + 4 != reply_at:
-            return None  # the field's bytes also occur inside a string
-        key = raw[:4] + raw[wire.FIXED_HEADER : reply_at] + raw[reply_at + 4 : end]
-    elif reply_at != -1:
-        return None
-    else:
-        key = raw[:4] + raw[wire.FIXED_HEADER : end]
+    key, reply_at, body_at = keyed
     signature = message.signature
     if not signature:
         kind = KIND_NONE
@@ -73,22 +61,10 @@ def entry_for(message: Message) -> tuple[Any, ...] | None:
         kind = KIND_BYTES
     else:
         kind = KIND_OTHER
-    body_at = end + (-fields_len & 7)
     e = _encode
     frag_head = b',"transport":"dbus","type":' + e(_TYPE_NAMES[int(message.type)])
-    frag_mid = (
-        b',"path":'
-        + e(message.path)
-        + b',"interface":'
-        + e(message.interface)
-        + b',"member":'
-        + e(message.member)
-        + b',"error_name":'
-        + e(message.error_name)
-        + b',"signature":'
-        + e(signature)
-        + b',"args":'
-    )
+    fields = header_fields_json(message.path, message.interface, message.member, message.error_name, signature)
+    frag_mid = b"," + fields + b',"args":'
     frag_tail = b',"fds":0,"flags":%d,"verdict":"forwarded"' % message.flags
     frag_dname = b',"destination_name":' + e(message.destination) if message.destination is not None else b""
     return (

@@ -549,10 +549,8 @@ class Session:
             if fast:
                 self._account(fast, direction)
                 fast = []
-            side = "client" if direction is Direction.TO_BUS else "bus"
-            proxy.recorder.event("malformed", connection=self.id, side=side, reason=str(exc))
             _close_fds(parser.take_fds())
-            self.close(f"malformed message from the {side}: {exc}")
+            self.malformed("client" if direction is Direction.TO_BUS else "bus", str(exc))
         frames = len(batch)
         if batch:
             out.write_chunks(batch)

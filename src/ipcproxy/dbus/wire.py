@@ -853,28 +853,42 @@ class HeaderCache:
 
     def learn(self, message: Message) -> Header | None:
         """Remember the header of a frame that ``parse_message`` accepted, if it can be checked cheaply."""
-        raw = message.raw
         if message.unix_fds or message.signature not in ("", "ay") or message.transport != "dbus":
             return None
-        u32 = _U32[raw[0]]
-        fields_len = u32.unpack_from(raw, 12)[0]
-        end = FIXED_HEADER + fields_len
-        reply_at = _reply_serial_at(raw)
-        if reply_at == -2:
+        keyed = header_key(message.raw)
+        if keyed is None:
             return None
-        at = raw.find(_REPLY_SERIAL_FIELD, FIXED_HEADER, end)
-        if at >= 0:
-            if at + 4 != reply_at:
-                return None  # the field's bytes also occur inside a string: leave it to the strict path
-            key = raw[:4] + raw[FIXED_HEADER:reply_at] + raw[reply_at + 4 : end]
-        elif reply_at != -1:
-            return None
-        else:
-            key = raw[:4] + raw[FIXED_HEADER:end]
+        key, reply_at, body_at = keyed
         head = self._heads.get(key)
         if head is None:
             if len(self._heads) >= self.limit:
                 self._heads.clear()
             body = BODY_BYTES if message.signature == "ay" else BODY_NONE
-            head = self._heads[key] = Header(message, body, end + (-fields_len & 7), reply_at)
+            head = self._heads[key] = Header(message, body, body_at, reply_at)
         return head
+
+
+def header_key(raw: bytes) -> tuple[bytes, int, int] | None:
+    """What identifies the header of a strictly parsed frame, serials aside: (key, reply_at, body_at).
+
+    The key is the first four bytes and the header fields with the REPLY_SERIAL
+    value cut out; ``reply_at`` is that value's offset (-1 without one),
+    ``body_at`` where the body starts. None when the header cannot be keyed
+    reliably (a field this walk does not follow, or the reply-serial field's
+    bytes also inside a string): such frames always take the strict path.
+    """
+    fields_len = _U32[raw[0]].unpack_from(raw, 12)[0]
+    end = FIXED_HEADER + fields_len
+    reply_at = _reply_serial_at(raw)
+    if reply_at == -2:
+        return None
+    at = raw.find(_REPLY_SERIAL_FIELD, FIXED_HEADER, end)
+    if at >= 0:
+        if at + 4 != reply_at:
+            return None
+        key = raw[:4] + raw[FIXED_HEADER:reply_at] + raw[reply_at + 4 : end]
+    elif reply_at != -1:
+        return None
+    else:
+        key = raw[:4] + raw[FIXED_HEADER:end]
+    return key, reply_at, end + (-fields_len & 7)

@@ -188,13 +188,7 @@ class Recorder:
     def _frame_format(
         self, head: wire.Header, direction: str, conn: int | None, client: Endpoint | None
     ) -> records.FrameFormat:
-        name = head.sender
-        sender = client if name is None and direction == "to_bus" and client is not None else self.resolve(name)
-        name = head.destination
-        dest = client if name is None and direction == "from_bus" and client is not None else self.resolve(name)
-        lines = self._lines
-        sender_json = lines.endpoint(sender)
-        dest_json = lines.endpoint(dest)
+        sender_json, dest_json = self._encoded_endpoints(client, direction == "to_bus", head.sender, head.destination)
         hex_args = self.decode_args and head.body == wire.BODY_BYTES
         key = (head, direction, conn, sender_json, dest_json, hex_args)
         found = self._formats.get(key)
@@ -312,7 +306,7 @@ class Recorder:
         """The plane's records, with ours (messages it left to Python, events) where their numbers fall."""
         pending.sort(key=_first)  # a frame numbered on arrival may be recorded after later events
         pieces, watermark, plane_records = self._plane.encode(
-            [item[0] for item in pending], self._plane_endpoints, WRITE_SLICE
+            [item[0] for item in pending], self._encoded_endpoints, WRITE_SLICE
         )
         # records numbered from a frame Python has not recorded yet on wait with the plane's
         held = [item for item in pending if item[0] >= watermark]
@@ -337,13 +331,15 @@ class Recorder:
         self._hand_over(chunks, write=False)
         self.written += plane_records
 
-    def _plane_endpoints(
-        self, client: Endpoint, to_bus: bool, sender_name: str | None, destination_name: str | None
+    def _encoded_endpoints(
+        self, client: Endpoint | None, to_bus: bool, sender_name: str | None, destination_name: str | None
     ) -> tuple[bytes, bytes]:
-        """The encoded endpoints of a plane record (as ``_frame_format`` resolves them)."""
+        """Sender and destination of a forwarded frame, encoded; a missing name on our client's side is our client."""
         endpoint = self._lines.endpoint
-        sender = client if sender_name is None and to_bus else self.resolve(sender_name)
-        destination = client if destination_name is None and not to_bus else self.resolve(destination_name)
+        sender = client if client is not None and sender_name is None and to_bus else self.resolve(sender_name)
+        destination = (
+            client if client is not None and destination_name is None and not to_bus else self.resolve(destination_name)
+        )
         return endpoint(sender), endpoint(destination)
 
     def _hand_over(self, chunks: list[bytes], write: bool) -> None:

@@ -98,6 +98,25 @@ _encode = _ENCODER.encode
 _TYPE_NAMES = {t.value: t.wire_name for t in MessageType}
 
 
+def header_fields_json(
+    path: str | None, interface: str | None, member: str | None, error_name: str | None, signature: str
+) -> bytes:
+    """``"path":…,"interface":…,"member":…,"error_name":…,"signature":…``: the same run in every message record."""
+    e = _encode
+    return (
+        b'"path":'
+        + e(path)
+        + b',"interface":'
+        + e(interface)
+        + b',"member":'
+        + e(member)
+        + b',"error_name":'
+        + e(error_name)
+        + b',"signature":'
+        + e(signature)
+    )
+
+
 def _fmt_const(data: bytes) -> bytes:
     """A constant JSON fragment made safe to embed in a %-format."""
     return data.replace(b"%", b"%%")
@@ -130,18 +149,8 @@ class RecordShape:
             + b',"type":'
             + _fmt_const(e(_TYPE_NAMES[mtype]))
             + (b',"serial":%d,"reply_serial":%d' if has_reply_serial else b',"serial":%d,"reply_serial":null')
-            + b',"sender":%b,"destination":%b,"path":'
-            + _fmt_const(
-                e(path)
-                + b',"interface":'
-                + e(interface)
-                + b',"member":'
-                + e(member)
-                + b',"error_name":'
-                + e(error_name)
-                + b',"signature":'
-                + e(signature)
-            )
+            + b',"sender":%b,"destination":%b,'
+            + _fmt_const(header_fields_json(path, interface, member, error_name, signature))
             + b',"args":'
         )
         self.tail_fmt = (
@@ -312,16 +321,8 @@ class FrameFormat:
                 + sender
                 + b',"destination":'
                 + destination
-                + b',"path":'
-                + e(path)
-                + b',"interface":'
-                + e(interface)
-                + b',"member":'
-                + e(member)
-                + b',"error_name":'
-                + e(error_name)
-                + b',"signature":'
-                + e(signature)
+                + b","
+                + header_fields_json(path, interface, member, error_name, signature)
                 + b',"args":'
             )
         )
