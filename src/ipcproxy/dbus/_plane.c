@@ -91,6 +91,15 @@ static uint64_t hash_bytes(uint64_t h, const unsigned char *p, size_t n) {
     return h;
 }
 
+/* The bucket hash of a header key: its first four bytes, then the header fields in up to two runs
+ * (around the cut-out REPLY_SERIAL value); frames and learned keys are hashed by the same runs. */
+static uint64_t head_hash(const unsigned char *first4, const unsigned char *a, size_t alen, const unsigned char *b,
+                          size_t blen) {
+    uint64_t h = hash_bytes(0xcbf29ce484222325ULL, first4, 4);
+    h = hash_bytes(h, a, alen);
+    return hash_bytes(h, b, blen);
+}
+
 static void head_release(Head *h) {
     if (--h->refs > 0) return;
     free(h->key);
@@ -104,6 +113,20 @@ static void head_release(Head *h) {
     Py_XDECREF(h->frag_tail);
     Py_XDECREF(h->frag_dname);
     free(h);
+}
+
+/* Empty the header cache (with the GIL); records still queued keep their own reference. */
+static void heads_forget_all(Head **heads, size_t *count) {
+    for (size_t b = 0; b < HEAD_BUCKETS; b++) {
+        Head *o = heads[b];
+        while (o) {
+            Head *next = o->next;
+            head_release(o);
+            o = next;
+        }
+        heads[b] = NULL;
+    }
+    *count = 0;
 }
 
 /* ------------------------------------------------------------------ pending calls (latency) */
@@ -505,6 +528,13 @@ static int side_enqueue(Side *s, const unsigned char *data, size_t len, int *fds
 
 static void conn_close(Plane *pl, Conn *c, const char *reason, int notify);
 
+/* Close a connection whose read or write just failed, naming the failure (errno). */
+static void conn_fail(Plane *pl, Conn *c, const char *what) {
+    char reason[160];
+    snprintf(reason, sizeof reason, "%s failed: %s", what, strerror(errno));
+    conn_close(pl, c, reason, 1);
+}
+
 /* write bytes (and fds, whose ownership passes to the plane) to a side, in order */
 static int side_write(Plane *pl, Side *s, const unsigned char *data, size_t len, int *fds, int nfds) {
     Conn *c = s->conn;
@@ -516,9 +546,7 @@ static int side_write(Plane *pl, Side *s, const unsigned char *data, size_t len,
         ssize_t n = send(s->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR) {
-                char reason[160];
-                snprintf(reason, sizeof reason, "write failed: %s", strerror(errno));
-                conn_close(pl, c, reason, 1);
+                conn_fail(pl, c, "write");
                 return -1;
             }
             n = 0;
@@ -535,9 +563,7 @@ static int side_write(Plane *pl, Side *s, const unsigned char *data, size_t len,
     if (s->out_head == s->out_tail && s->out_head->off == 0 && !s->writing) {
         /* first queued data: try once now (fds ride on the first byte of their frame) */
         if (side_flush(s) < 0) {
-            char reason[160];
-            snprintf(reason, sizeof reason, "write failed: %s", strerror(errno));
-            conn_close(pl, c, reason, 1);
+            conn_fail(pl, c, "write");
             return -1;
         }
     }
@@ -668,15 +694,15 @@ static inline uint32_t rd32(const unsigned char *p, int little) {
 static Head *lookup(Plane *pl, const unsigned char *f, size_t total, size_t end, uint32_t *reply_serial) {
     static const unsigned char rs[4] = {5, 1, 'u', 0};
     const unsigned char *at = memmem(f + FIXED_HEADER, end - FIXED_HEADER, rs, 4);
-    uint64_t h = hash_bytes(0xcbf29ce484222325ULL, f, 4);
+    uint64_t h;
     long value_at = -1;
     if (at) {
         value_at = (long)(at - f) + 4;
         if ((size_t)value_at + 4 > end) return NULL;
-        h = hash_bytes(h, f + FIXED_HEADER, (size_t)value_at - FIXED_HEADER);
-        h = hash_bytes(h, f + value_at + 4, end - (size_t)value_at - 4);
+        h = head_hash(f, f + FIXED_HEADER, (size_t)value_at - FIXED_HEADER, f + value_at + 4,
+                      end - (size_t)value_at - 4);
     } else {
-        h = hash_bytes(h, f + FIXED_HEADER, end - FIXED_HEADER);
+        h = head_hash(f, f + FIXED_HEADER, end - FIXED_HEADER, NULL, 0);
     }
     Head *hd = pl->heads[h % HEAD_BUCKETS];
     size_t key_len = end - 12 - (at ? 4 : 0);
@@ -916,9 +942,7 @@ static long side_readable(Plane *pl, Side *s) {
     }
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return 0;
-        char reason[160];
-        snprintf(reason, sizeof reason, "read failed: %s", strerror(errno));
-        conn_close(pl, c, reason, 1);
+        conn_fail(pl, c, "read");
         return 0;
     }
     if (n == 0) {
@@ -932,9 +956,7 @@ static long side_readable(Plane *pl, Side *s) {
 static void side_writable(Plane *pl, Side *s) {
     Conn *c = s->conn;
     if (side_flush(s) < 0) {
-        char reason[160];
-        snprintf(reason, sizeof reason, "write failed: %s", strerror(errno));
-        conn_close(pl, c, reason, 1);
+        conn_fail(pl, c, "write");
         return;
     }
     if (!s->out_head && s->writing) {
@@ -1271,39 +1293,20 @@ static PyObject *plane_learn(Plane *pl, PyObject *args) {
         goto done;
     }
     const unsigned char *k = key.buf;
-    /* the same hash lookup() computes over the frame */
-    uint64_t h = hash_bytes(0xcbf29ce484222325ULL, k, 4);
     size_t rest = (size_t)key.len - 4;
-    if (reply_at >= 0) {
-        size_t a = (size_t)reply_at - FIXED_HEADER;
-        if (a > rest) {
-            PyErr_SetString(PyExc_ValueError, "reply_at outside the key");
-            goto done;
-        }
-        h = hash_bytes(h, k + 4, a);
-        h = hash_bytes(h, k + 4 + a, rest - a);
-    } else {
-        h = hash_bytes(h, k + 4, rest);
+    size_t a = reply_at >= 0 ? (size_t)reply_at - FIXED_HEADER : rest; /* the run before the cut */
+    if (a > rest) {
+        PyErr_SetString(PyExc_ValueError, "reply_at outside the key");
+        goto done;
     }
+    uint64_t h = head_hash(k, k + 4, a, k + 4 + a, rest - a);
     for (Head *o = pl->heads[h % HEAD_BUCKETS]; o; o = o->next)
         if (o->hash == h && o->key_len == (size_t)key.len && o->reply_at == reply_at &&
             memcmp(o->key, k, (size_t)key.len) == 0) {
             result = Py_NewRef(Py_False);
             goto done;
         }
-    if (pl->nheads >= HEAD_LIMIT) {
-        /* forget them all: records still queued keep their own reference */
-        for (size_t b = 0; b < HEAD_BUCKETS; b++) {
-            Head *o = pl->heads[b];
-            while (o) {
-                Head *next = o->next;
-                head_release(o);
-                o = next;
-            }
-            pl->heads[b] = NULL;
-        }
-        pl->nheads = 0;
-    }
+    if (pl->nheads >= HEAD_LIMIT) heads_forget_all(pl->heads, &pl->nheads);
     Head *hd = calloc(1, sizeof(Head));
     if (!hd) {
         PyErr_NoMemory();
@@ -1689,14 +1692,7 @@ static int plane_init(Plane *pl, PyObject *args, PyObject *kw) {
 static void plane_dealloc(Plane *pl) {
     plane_shutdown(pl);
     reap_dead(pl, 1);
-    for (size_t b = 0; b < HEAD_BUCKETS; b++) {
-        Head *o = pl->heads[b];
-        while (o) {
-            Head *next = o->next;
-            head_release(o);
-            o = next;
-        }
-    }
+    heads_forget_all(pl->heads, &pl->nheads);
     for (size_t k = 0; k < pl->nrecs; k++) head_release(pl->recs[k].head);
     reap_dead(pl, 1);
     free(pl->recs);
