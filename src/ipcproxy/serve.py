@@ -165,7 +165,9 @@ class Service:
         plane = self.proxy.plane
         if plane is not None:  # how many frames each path forwarded
             self.recorder.event(
-                "proxy_stop", reason=self.stop_reason or "done", frames={"compiled": plane.compiled, "python": plane.handed}
+                "proxy_stop",
+                reason=self.stop_reason or "done",
+                frames={"compiled": plane.compiled, "python": plane.handed},
             )
         else:
             self.recorder.event("proxy_stop", reason=self.stop_reason or "done")

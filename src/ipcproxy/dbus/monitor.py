@@ -15,27 +15,21 @@ import argparse
 import array
 import asyncio
 import contextlib
-import errno
-import mmap
 import os
-import queue
 import signal
 import socket
 import struct
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from ..cli import ExitStatus, UsageError
 from ..model import BUS_DRIVER_NAME, Message, MessageType
 from ..trace import records
 from ..trace.recorder import Recorder
-from ..trace.writer import Sink, open_sink
+from ..trace.writer import DirectJsonlWriter, Sink, open_sink
 from . import wire
 from .address import AddressError, parse, session_bus_address, system_bus_address
 from .auth import AuthError, ClientAuth
@@ -375,130 +369,6 @@ class Monitor:
         self.sock.close()
 
 
-class BackgroundTrace:
-    """The JSON Lines trace, written by a thread of its own, bypassing the page cache when it can.
-
-    At 64 KiB per message, copying the trace into the page cache was the
-    largest single cost of the monitor (a quarter of its CPU, on cold memory),
-    and a trace is written once and read later. So whole 4 KiB blocks go out
-    with O_DIRECT from an aligned staging buffer, on a thread (the write
-    releases the GIL, encoding the next batch goes on); the unaligned tail is
-    also written through the page cache whenever the writer catches up, so a
-    reader following the file sees every record. Where O_DIRECT is refused
-    (tmpfs, some file systems) it writes normally. At most ``depth`` batches
-    wait; then ``flush`` blocks: back-pressure, never a dropped record.
-    """
-
-    STAGE = 8 * 1024 * 1024
-    ALIGN = 4096
-
-    def __init__(self, path: str, header: dict[str, Any], depth: int = 4) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            self._direct = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
-        except OSError:
-            self._direct = -1
-        self._stage = mmap.mmap(-1, self.STAGE)  # page-aligned, as O_DIRECT requires
-        self._staged = 0  # bytes in the stage, starting at file offset _offset
-        self._offset = 0
-        self._encoder = msgspec.json.Encoder()
-        self._chunks: list[bytes] = [self._encoder.encode(header) + b"\n"]
-        self.buffered = 0  # bytes waiting for the next flush (the recorder asks)
-        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=depth)
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="trace-writer", daemon=True)
-        self._thread.start()
-        self.flush()
-
-    takes_lines = True  # the recorder may hand us pre-encoded lines (write_bytes)
-
-    def write(self, record: dict[str, Any], message: Message | None = None) -> None:
-        self.write_bytes(self._encoder.encode(record) + b"\n")
-
-    def write_bytes(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self.buffered += len(data)
-
-    def flush(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._chunks:
-            self._queue.put(self._chunks)
-            self._chunks = []
-            self.buffered = 0
-
-    def _run(self) -> None:
-        while (chunks := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._write(chunks, expose_tail=self._queue.empty())
-                except OSError as exc:
-                    self._error = exc
-
-    def _write(self, chunks: list[bytes], expose_tail: bool) -> None:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                n = min(self.STAGE - self._staged, len(view))
-                self._stage[self._staged : self._staged + n] = view[:n]
-                self._staged += n
-                view = view[n:]
-                if self._staged == self.STAGE:
-                    self._write_blocks()
-        self._write_blocks()
-        if expose_tail and self._staged:
-            _pwrite_all(self._fd, memoryview(self._stage)[: self._staged], self._offset)
-
-    def _write_blocks(self) -> None:
-        """Write the stage's whole blocks; keep the unaligned tail at its front."""
-        aligned = self._staged if self._direct < 0 else self._staged & ~(self.ALIGN - 1)
-        if not aligned:
-            return
-        try:
-            _pwrite_all(self._fd if self._direct < 0 else self._direct, memoryview(self._stage)[:aligned], self._offset)
-        except OSError as exc:
-            if self._direct < 0 or exc.errno != errno.EINVAL:
-                raise
-            os.close(self._direct)  # accepted at open, refused at write: write normally from now on
-            self._direct = -1
-            self._write_blocks()
-            return
-        tail = self._staged - aligned
-        self._stage[:tail] = self._stage[aligned : self._staged]
-        self._staged = tail
-        self._offset += aligned
-
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            self.flush()
-        finally:
-            self._queue.put(None)
-            self._thread.join()
-            try:
-                if self._error is None and self._staged:
-                    _pwrite_all(self._fd, memoryview(self._stage)[: self._staged], self._offset)
-                    os.ftruncate(self._fd, self._offset + self._staged)
-            finally:
-                if self._direct >= 0:
-                    os.close(self._direct)
-                os.close(self._fd)
-                self._fd = -1
-                self._stage.close()
-        if self._error is not None:
-            raise self._error
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    with view:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
-
-
 def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
     """As serve.make_recorder, with the threaded trace writer; a pcap alone needs no decoded arguments."""
     from ..serve import live_printer
@@ -508,7 +378,7 @@ def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any)
     if args.write:
         head = records.header(**header)
         try:
-            sinks.append(open_sink(args.write, head) if pcap else BackgroundTrace(args.write, head))
+            sinks.append(open_sink(args.write, head) if pcap else DirectJsonlWriter(args.write, head))
         except OSError as exc:
             raise UsageError(f"cannot write trace {args.write}: {exc.strerror}") from None
     live = live_printer(args)

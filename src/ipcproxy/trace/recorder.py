@@ -21,7 +21,7 @@ from ..dbus import wire
 from ..dbus.wire import jsonable
 from ..model import Endpoint, Message, Verdict
 from . import records
-from .writer import JsonlWriter, Sink
+from .writer import Sink
 
 LiveView = Callable[[dict[str, Any]], None]
 
@@ -410,5 +410,5 @@ def _first(item: tuple[Any, ...]) -> Any:
 
 
 def _takes_lines(sink: Sink) -> bool:
-    """A JSON Lines sink that accepts pre-encoded lines (``write_bytes``), e.g. the monitor's threaded one."""
-    return type(sink) is JsonlWriter or getattr(sink, "takes_lines", False) is True
+    """A JSON Lines sink that accepts pre-encoded lines (``write_bytes``): either of the two writers."""
+    return getattr(sink, "takes_lines", False) is True
