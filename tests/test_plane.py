@@ -13,6 +13,7 @@ from ipcproxy.dbus import plane
 def test_the_plane_is_built():
     assert plane.available(), "the compiled data plane did not build (scripts/setup.sh installs gcc and python3-dev)"
 
+
 # dbus-send arguments of many types; each call is made twice, so the second one takes the
 # plane's path (the first teaches it the header)
 CALLS = [
@@ -38,7 +39,9 @@ def _workload(address: str) -> None:
             "org.freedesktop.DBus.Introspectable.Introspect",
         )
         for args in CALLS:
-            dbus_send(address, "--dest=org.example.Mock", "/org/example/Mock", "org.example.Mock.Nothing", *args, check=False)
+            dbus_send(
+                address, "--dest=org.example.Mock", "/org/example/Mock", "org.example.Mock.Nothing", *args, check=False
+            )
 
 
 def _normalized(records: list[dict[str, Any]]) -> collections.Counter[str]:
@@ -98,9 +101,7 @@ def test_compiled_and_python_forwarding_record_the_same(any_bus, proxy_factory, 
 
 def test_interceptors_keep_the_python_path(bus, proxy_factory, tmp_path):
     script = tmp_path / "noop.py"
-    script.write_text(
-        "from ipcproxy.api import interceptor\n\n@interceptor\ndef watch(ctx):\n    return None\n"
-    )
+    script.write_text("from ipcproxy.api import interceptor\n\n@interceptor\ndef watch(ctx):\n    return None\n")
     proxy = proxy_factory(bus.address, "-s", str(script))
     busctl(proxy.address, "list")
     proxy.stop()

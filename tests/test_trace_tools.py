@@ -246,6 +246,103 @@ def test_show_follow_sees_live_records_and_stops_cleanly(bus: Any, proxy_factory
     assert {"GetId", "ListNames"} <= members
 
 
+def _follow(path: Path, out_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with open(out_path, "wb") as out:
+        return subprocess.Popen(
+            [*IPCPROXY, "show", "--follow", *extra, str(path)], stdout=out, stderr=subprocess.PIPE, cwd=ROOT
+        )
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
+    except OSError:
+        return False
+
+
+def _stop_following(show: subprocess.Popen[bytes]) -> str:
+    show.send_signal(signal.SIGINT)
+    status = show.wait(10)
+    err = show.stderr.read().decode() if show.stderr else ""
+    assert status == 0, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_show_follow_starts_again_when_a_new_proxy_writes_the_same_trace(bus: Any, tmp_path: Path) -> None:
+    workdir = tmp_path / "proxy"
+    workdir.mkdir()
+    first = ProxyProcess(bus.address, workdir)
+    out_path = tmp_path / "follow.out"
+    show = _follow(first.trace, out_path)
+    try:
+        call = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+        busctl(first.address, "call", *call, "GetId")
+        wait_for(lambda: "member=GetId" in out_path.read_text(), what="the first proxy's call")
+        first.stop()
+        second = ProxyProcess(bus.address, workdir)  # same -w: the file is truncated and written again
+        try:
+            busctl(second.address, "call", *call, "ListNames")
+            wait_for(lambda: "member=ListNames" in out_path.read_text(), what="the second proxy's call")
+        finally:
+            second.stop()
+    finally:
+        err = _stop_following(show)
+    assert "truncated or replaced" in err
+    shown = out_path.read_text()
+    # the second trace is read from its start: its own connection and Hello, not garbage from the old offset
+    assert shown.count("member=Hello") >= 2
+    assert "not valid JSON" not in err
+
+
+def test_show_follow_waits_for_a_trace_being_created_and_for_whole_lines(
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = trace.read_bytes()
+    header_end = data.index(b"\n") + 1
+    growing = tmp_path / "growing.jsonl"
+    growing.write_bytes(b"")  # created, nothing written yet
+    out_path = tmp_path / "follow.out"
+    show = _follow(growing, out_path, "--json")
+    try:
+        wait_for(lambda: show.poll() is not None or _has_open(show.pid, growing), what="show to open the trace")
+        with open(growing, "ab") as writer:
+            for piece in (data[: header_end // 2], data[header_end // 2 : header_end + 7], data[header_end + 7 :]):
+                writer.write(piece)
+                writer.flush()
+                os.fsync(writer.fileno())
+        wanted = len(read_trace(trace))
+        wait_for(lambda: len(out_path.read_text().splitlines()) == wanted + 1, what="every record")
+    finally:
+        err = _stop_following(show)
+    shown = [json.loads(line) for line in out_path.read_text().splitlines()[1:]]
+    assert shown == read_trace(trace)
+    assert "warning" not in err
+
+
+def test_show_follow_reads_a_replaced_trace_from_its_start(trace: Path, tmp_path: Path) -> None:
+    data = trace.read_bytes()
+    lines = data.splitlines(keepends=True)
+    path = tmp_path / "replaced.jsonl"
+    path.write_bytes(b"".join(lines[:3]))
+    out_path = tmp_path / "follow.out"
+    show = _follow(path, out_path, "--json")
+    try:
+        wait_for(lambda: len(out_path.read_text().splitlines()) == 3, what="the first two records")
+        fresh = tmp_path / "fresh.jsonl"
+        fresh.write_bytes(data)
+        os.replace(fresh, path)  # another file now has the name
+        wanted = 3 + 1 + len(read_trace(trace))  # the new file's header is shown too
+        wait_for(lambda: len(out_path.read_text().splitlines()) == wanted, what="the new file's records")
+    finally:
+        err = _stop_following(show)
+    lines = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert lines[3] == dict(json.loads(data.splitlines()[0]), shown_from=str(path))
+    assert lines[4:] == read_trace(trace)
+    assert "truncated or replaced" in err
+
+
 def test_format_args_types() -> None:
     lines = format_args("sa{sv}(iu)ay", ["x", {"a": 1}, [1, 2], "00ff"])
     assert lines == ['string "x"', 'dict<string,variant> {"a":1}', "struct<int32,uint32> [1,2]", 'bytes "00ff"']

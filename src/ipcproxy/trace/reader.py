@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -19,6 +21,7 @@ class TraceError(ValueError):
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 _decoder = msgspec.json.Decoder()
+FOLLOW_POLL = 0.1  # seconds between looks at a followed trace that has not grown
 
 
 def _upgrade(record: dict[str, Any], version: int) -> dict[str, Any]:
@@ -29,7 +32,10 @@ def _upgrade(record: dict[str, Any], version: int) -> dict[str, Any]:
 
 
 def read_header(stream: IO[bytes], name: str) -> dict[str, Any]:
-    first = stream.readline()
+    return _parse_header(stream.readline(), name)
+
+
+def _parse_header(first: bytes, name: str) -> dict[str, Any]:
     if not first:
         raise TraceError(f"{name}: empty file, not an ipcproxy trace")
     try:
@@ -44,44 +50,115 @@ def read_header(stream: IO[bytes], name: str) -> dict[str, Any]:
     return head
 
 
-def iter_trace(path: str, warn: Callable[[str], None] | None = None, follow: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield the records of a trace file (not the header)."""
+def iter_trace(
+    path: str,
+    warn: Callable[[str], None] | None = None,
+    follow: bool = False,
+    on_header: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield the records of a trace file (not the header: ``on_header`` gets it, before any record).
+
+    With ``follow``, keep reading as the file grows, like ``tail -F``: wait for
+    a header not yet written, hold a partly written line until its end arrives,
+    and start again from the top when the file is truncated or replaced (a
+    proxy started again with the same ``-w``).
+    """
     warn = warn or (lambda text: print(f"ipcproxy: warning: {text}", file=sys.stderr))
+    stream = _open(path)
     try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed below, generator lifetime
+        while True:
+            yield from _records(stream, path, warn, follow, on_header)
+            if not follow:
+                return
+            warn(f"{path}: the trace was truncated or replaced; reading it again from the start")
+            stream.close()
+            stream = _open(path)
+    finally:
+        stream.close()
+
+
+def _open(path: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
     except OSError as exc:
         raise TraceError(f"{path}: {exc.strerror}") from None
-    with stream:
-        head = read_header(stream, path)
-        version = head["version"]
-        lineno = 1
-        pending = b""
-        while True:
-            line = stream.readline()
-            if not line:
-                if follow:
-                    import time
 
-                    time.sleep(0.1)
-                    continue
-                break
-            if not line.endswith(b"\n"):
-                if follow:
-                    pending += line
-                    continue
-                warn(f"{path}: last record (line {lineno + 1}) is truncated; read up to line {lineno}")
-                break
-            if pending:
-                line, pending = pending + line, b""
-            lineno += 1
-            try:
-                record = _decoder.decode(line)
-            except msgspec.DecodeError:
-                warn(f"{path}: line {lineno} is not valid JSON; skipped")
+
+def _records(
+    stream: IO[bytes],
+    path: str,
+    warn: Callable[[str], None],
+    follow: bool,
+    on_header: Callable[[dict[str, Any]], None] | None,
+) -> Iterator[dict[str, Any]]:
+    """The records of one file; when following, return only once it was rewritten."""
+    first = _wait_for_header(stream, path) if follow else stream.readline()
+    if first is None:
+        return
+    head = _parse_header(first, path)
+    if on_header is not None:
+        on_header(head)
+    version = head["version"]
+    lineno = 1
+    pending = b""
+    while True:
+        line = stream.readline()
+        if not line:
+            if not follow:
+                return
+            if _rewritten(stream, path, first):
+                return
+            time.sleep(FOLLOW_POLL)
+            continue
+        if not line.endswith(b"\n"):
+            if follow:
+                pending += line
                 continue
-            if version != records.VERSION:
-                record = _upgrade(record, version)
-            yield record
+            warn(f"{path}: last record (line {lineno + 1}) is truncated; read up to line {lineno}")
+            return
+        if pending:
+            line, pending = pending + line, b""
+        lineno += 1
+        try:
+            record = _decoder.decode(line)
+        except msgspec.DecodeError:
+            warn(f"{path}: line {lineno} is not valid JSON; skipped")
+            continue
+        if version != records.VERSION:
+            record = _upgrade(record, version)
+        yield record
+
+
+def _wait_for_header(stream: IO[bytes], path: str) -> bytes | None:
+    """The header line, once its writer has written all of it (a trace just created is empty).
+
+    None if the path meanwhile names another file.
+    """
+    while True:
+        first = stream.readline()
+        if first.endswith(b"\n"):
+            return first
+        stream.seek(0)
+        if _rewritten(stream, path, b""):
+            return None
+        time.sleep(FOLLOW_POLL)
+
+
+def _rewritten(stream: IO[bytes], path: str, header: bytes) -> bool:
+    """Whether the path now names another file, or this one was written again from the start.
+
+    A writer that truncates the file (``-w`` the same path again) may have
+    outgrown the reader's position by the time it looks, so the header line
+    (which carries its writer's start time and pid) is compared too.
+    """
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False  # removed: keep the open file, and look again later
+    mine = os.fstat(stream.fileno())
+    if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino) or now.st_size < stream.tell():
+        return True
+    return bool(header) and os.pread(stream.fileno(), len(header), 0) != header
 
 
 def load(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -16,7 +16,7 @@ import msgspec
 
 from ..cli import ExitStatus, UsageError
 from .filters import parse_filter
-from .reader import TraceError, iter_trace, read_header
+from .reader import TraceError, iter_trace
 from .view import format_record
 
 
@@ -37,17 +37,6 @@ def _header_line(path: str, head: dict[str, Any]) -> str:
     return " ".join(words)
 
 
-def open_trace(path: str) -> dict[str, Any]:
-    """Check the header up front so a bad file is one clear error before any output."""
-    try:
-        with open(path, "rb") as stream:
-            return read_header(stream, path)
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
-    except TraceError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def show_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Print the matching records of a trace; with --follow, keep going until interrupted."""
     try:
@@ -57,20 +46,27 @@ def show_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     path = args.trace
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory, not a trace")
-    head = open_trace(path)
     out = sys.stdout
     color = _use_color(out, env)
     encoder = msgspec.json.Encoder()
-    if args.json:
-        view_head = dict(head, shown_from=path)
-        if args.filter:
-            view_head["filter"] = args.filter
-        out.write(encoder.encode(view_head).decode() + "\n")
-    else:
-        out.write(_header_line(path, head) + "\n")
-    t0: int | None = None
+    t0: int | None = None  # the first record's ts: times are shown relative to it
+
+    def print_header(head: dict[str, Any]) -> None:
+        """Each header as it is read: the trace's own, and a new one when a followed file is written again."""
+        nonlocal t0
+        t0 = None
+        if args.json:
+            view_head = dict(head, shown_from=path)
+            if args.filter:
+                view_head["filter"] = args.filter
+            out.write(encoder.encode(view_head).decode() + "\n")
+        else:
+            out.write(_header_line(path, head) + "\n")
+        if args.follow:
+            out.flush()
+
     try:
-        for rec in iter_trace(path, follow=args.follow):
+        for rec in iter_trace(path, follow=args.follow, on_header=print_header):
             if t0 is None and isinstance(rec.get("ts"), int):
                 t0 = rec["ts"]
             if matcher is not None and not matcher(rec):
@@ -81,7 +77,7 @@ def show_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 out.write(format_record(rec, t0=t0, color=color) + "\n")
             if args.follow:
                 out.flush()
-    except TraceError as exc:
+    except TraceError as exc:  # not a trace, unreadable, or a header this version cannot read
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
         # --follow ends with Ctrl-C: that is the normal way out, not a failure
