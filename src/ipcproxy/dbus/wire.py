@@ -8,10 +8,11 @@ kept so an unmodified message is forwarded exactly as it arrived.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from dbus_fast import Message as FastMessage
@@ -112,32 +113,16 @@ class FrameParser:
 
     def frames(self) -> Iterator[Message]:
         """Yield every complete message in the buffer; raise FrameError on a malformed one."""
-        self._settle()
-        buf = self._buf
-        pos = 0
-        size = len(buf)
-        try:
-            while size - pos >= FIXED_HEADER:
-                # a copy, not a memoryview: a view kept alive by a FrameError's traceback
-                # would make the buffer impossible to resize in the finally clause (BufferError)
-                total = frame_size(buf[pos : pos + FIXED_HEADER])
-                if total > self.max_size:
-                    raise FrameError(f"message of {total} bytes exceeds the configured limit")
-                if size - pos < total:
-                    break
-                raw = bytes(buf[pos : pos + total])
-                pos += total
+        with contextlib.closing(self.raw_frames()) as raws:  # consumed bytes leave the buffer even on error
+            for raw in raws:
                 message = parse_message(raw)
                 if message.unix_fds:
                     if message.unix_fds > len(self._fds):
                         raise FrameError(f"message announces {message.unix_fds} fds, {len(self._fds)} arrived")
                     message.fds = [self._fds.popleft() for _ in range(message.unix_fds)]
                 yield message
-        finally:
-            if pos:
-                del buf[:pos]
 
-    def raw_frames(self) -> Iterator[bytes]:
+    def raw_frames(self) -> Generator[bytes, None, None]:
         """Yield the bytes of every complete frame, checking only its size (see ``message``)."""
         self._settle()
         buf = self._buf
@@ -146,6 +131,8 @@ class FrameParser:
         max_size = self.max_size
         try:
             while size - pos >= FIXED_HEADER:
+                # a copy, not a memoryview: a view kept alive by a FrameError's traceback
+                # would make the buffer impossible to resize in the finally clause (BufferError)
                 total = frame_size(buf[pos : pos + FIXED_HEADER])
                 if total > max_size:
                     raise FrameError(f"message of {total} bytes exceeds the configured limit")
