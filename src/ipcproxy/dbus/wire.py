@@ -115,12 +115,7 @@ class FrameParser:
         """Yield every complete message in the buffer; raise FrameError on a malformed one."""
         with contextlib.closing(self.raw_frames()) as raws:  # consumed bytes leave the buffer even on error
             for raw in raws:
-                message = parse_message(raw)
-                if message.unix_fds:
-                    if message.unix_fds > len(self._fds):
-                        raise FrameError(f"message announces {message.unix_fds} fds, {len(self._fds)} arrived")
-                    message.fds = [self._fds.popleft() for _ in range(message.unix_fds)]
-                yield message
+                yield self.message(raw)
 
     def raw_frames(self) -> Generator[bytes, None, None]:
         """Yield the bytes of every complete frame, checking only its size (see ``message``)."""
@@ -221,7 +216,7 @@ class FrameParser:
                     del self._buf[:pos]
 
     def message(self, raw: bytes) -> Message:
-        """Parse a frame from ``raw_frames`` fully, handing it the fds it announces, as ``frames`` does."""
+        """Parse a frame from ``raw_frames`` fully, handing it the fds it announces."""
         message = parse_message(raw)
         if message.unix_fds:
             if message.unix_fds > len(self._fds):
