@@ -155,6 +155,30 @@ class Recorder:
             return client
         return self.resolve(name)
 
+    def _endpoints_of(
+        self,
+        message: Message,
+        client: Endpoint | None,
+        direction: str,
+        sender: Endpoint | None,
+        destination: Endpoint | None,
+    ) -> tuple[Endpoint, Endpoint]:
+        """A message's two endpoints, resolved now where the caller did not know them yet."""
+        if sender is None:
+            sender = self._endpoint_for(message.sender, client, direction == "to_bus")
+        if destination is None:
+            destination = self._endpoint_for(message.destination, client, direction == "from_bus")
+        return sender, destination
+
+    def _args_of(self, message: Message) -> tuple[list[Any] | None, str | None]:
+        """The decoded arguments in trace form (None when not recorded), or why the body could not be decoded."""
+        if not (self.decode_args and message.signature):
+            return None, None
+        try:
+            return jsonable(message.args), None
+        except Exception as exc:  # noqa: BLE001 - a bad body is recorded, not fatal
+            return None, str(exc)
+
     def flush(self) -> None:
         """Encode what is pending and write it out (in slices of ``WRITE_SLICE`` bytes, while encoding)."""
         self.encode(WRITE_SLICE)
@@ -273,17 +297,9 @@ class Recorder:
                 add(records._encode(record) + b"\n")
             else:
                 seq, ts, message, direction, verdict, conn, client, latency, sender, destination = item
-                args = b"[]"
-                args_error = None
-                if decode and message.signature:
-                    try:
-                        args = records._encode(jsonable(message.args))
-                    except Exception as exc:  # noqa: BLE001 - a bad body is recorded, not fatal
-                        args_error = str(exc)
-                if sender is None:
-                    sender = self._endpoint_for(message.sender, client, direction == "to_bus")
-                if destination is None:
-                    destination = self._endpoint_for(message.destination, client, direction == "from_bus")
+                decoded, args_error = self._args_of(message)
+                args = b"[]" if decoded is None else records._encode(decoded)
+                sender, destination = self._endpoints_of(message, client, direction, sender, destination)
                 shape = lines.shape_of(message, conn is not None)
                 values = (seq, ts, lines.time(ts), message.serial)
                 if message.reply_serial is not None:
@@ -367,17 +383,8 @@ class Recorder:
                     sender = destination = None
                 else:
                     seq, ts, message, direction, verdict, conn, client, latency, sender, destination = item
-                args: list[Any] | None = None
-                args_error = None
-                if self.decode_args and message.signature:
-                    try:
-                        args = jsonable(message.args)
-                    except Exception as exc:  # noqa: BLE001 - a bad body is recorded, not fatal
-                        args_error = str(exc)
-                if sender is None:
-                    sender = self._endpoint_for(message.sender, client, direction == "to_bus")
-                if destination is None:
-                    destination = self._endpoint_for(message.destination, client, direction == "from_bus")
+                args, args_error = self._args_of(message)
+                sender, destination = self._endpoints_of(message, client, direction, sender, destination)
                 record = records.message_record(
                     seq=seq,
                     ts_ns=ts,
