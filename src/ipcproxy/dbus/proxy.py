@@ -56,8 +56,8 @@ FLUSH_DELAY = 0.01  # ... or this many seconds after the first of them
 ENCODE_WHEN_BUSY = True  # when reads bring several frames, encode once per loop turn instead (see after_batch)
 BUSY_SPELL = 0.005  # ... and for this many seconds after such a read
 WRITE_BYTES = 256 * 1024  # ... and write once this much is encoded
-BACKGROUND_WRITES = True
-USE_PLANE = True  # carry connections in the compiled plane when nothing intercepts (IPCPROXY_PLANE=0: never)  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
+BACKGROUND_WRITES = True  # the trace's writes (the kernel's page-cache copy) run in a thread beside forwarding
+USE_PLANE = True  # carry connections in the compiled plane when nothing intercepts (IPCPROXY_PLANE=0: never)
 
 
 def tune_allocator() -> None:
