@@ -174,3 +174,63 @@ def test_a_trace_that_cannot_keep_up_stalls_forwarding_and_loses_nothing(bus, tm
     assert all(r["args"] == [payload.hex()] for r in big[:3])
     waits = [r for r in records if r.get("event") == "backpressure"]
     assert waits and all(r["waited_ms"] > 0 for r in waits)
+
+
+def test_a_frame_handed_to_python_as_the_proxy_closes_is_recorded_as_discarded(bus, tmp_path):
+    """The plane has handed a frame over; the proxy closes before Python got to it: the trace says so."""
+    import asyncio
+    import select
+
+    from conftest import read_trace
+    from ipcproxy.chain import Chain
+    from ipcproxy.dbus.bus import Directory
+    from ipcproxy.dbus.proxy import Proxy
+    from ipcproxy.dbus.wire import DESTINATION, INTERFACE, MEMBER, PATH
+    from ipcproxy.trace import records
+    from ipcproxy.trace.recorder import Recorder
+    from ipcproxy.trace.writer import JsonlWriter
+    from test_proxy_faithful import RawClient
+    from test_wire import frame
+
+    loop = asyncio.new_event_loop()
+    trace = tmp_path / "trace.jsonl"
+    directory = Directory()
+    recorder = Recorder([JsonlWriter(str(trace), records.header())], directory.endpoint)
+    proxy = Proxy(bus.address, f"unix:path={tmp_path / 'proxy.sock'}", Chain([]), recorder, directory, loop=loop)
+    try:
+        assert proxy.plane is not None
+        address = proxy.listen()
+
+        def connect() -> RawClient:
+            client = RawClient(address)
+            client.hello()
+            return client
+
+        client = loop.run_until_complete(loop.run_in_executor(None, connect))
+        # let Python take everything the plane handed over so far (Hello's reply, NameAcquired)
+        for _ in range(200):
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if proxy.plane.connections == 1 and not select.select([proxy.plane.fileno()], [], [], 0)[0]:
+                break
+        else:
+            raise AssertionError("the plane did not settle")
+        fields = [
+            (PATH, "o", "/org/freedesktop/DBus"),
+            (INTERFACE, "s", "org.freedesktop.DBus"),
+            (MEMBER, "s", "GetId"),
+            (DESTINATION, "s", "org.freedesktop.DBus"),
+        ]
+        client.send(frame("l", 1, client.next_serial(), fields))
+        # a bus-driver call always goes to Python: the plane's eventfd says it is waiting
+        assert select.select([proxy.plane.fileno()], [], [], 10)[0], "the plane did not hand the call over"
+        proxy.close()  # before the event loop ran again
+    finally:
+        recorder.close()
+        loop.close()
+    recs = read_trace(trace)
+    discarded = [r for r in recs if r.get("event") == "discarded"]
+    assert [(r["connection"], r["reason"]) for r in discarded] == [(1, "connection closed")]
+    assert not any(r.get("member") == "GetId" for r in messages(recs))  # never forwarded, so no message record
+    assert client.wait_closed()
+    seqs = [r["seq"] for r in recs]
+    assert sorted(seqs) == seqs and len(set(seqs)) == len(seqs)
