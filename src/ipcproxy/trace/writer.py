@@ -3,8 +3,9 @@
 Writes are synchronous (a slow disk slows the proxy down: back-pressure, not
 lost records) and gathered: the JSON Lines writer keeps encoded lines as a list
 of chunks and hands them to one ``writev`` once enough has piled up or the
-recorder's owner flushes (the proxy does so within a few milliseconds), so a
-crash loses at most those milliseconds. The monitor's writer
+recorder's owner flushes (the proxy does so on the next loop turn while
+traffic is light, within 10 ms when it is heavy), so a crash loses at most
+that. The monitor's writer
 (``DirectJsonlWriter``) writes the same lines from a thread of its own,
 bypassing the page cache.
 """
