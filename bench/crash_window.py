@@ -7,7 +7,7 @@ After a random moment the proxy gets SIGKILL. Every reply the client had
 received was forwarded by the proxy; the trial counts those whose call or
 reply has no record in the trace. Variants run interleaved, trial by trial:
 
-    bench/crash_window.py --trials 20 --rate 200 default 'LIGHT_RATE=0'
+    .venv/bin/python bench/crash_window.py --trials 20 --rate 200 default 'LIGHT_RATE=0'
 
 A variant is ``default`` or constants of ipcproxy.dbus.proxy to set
 (``LIGHT_RATE=0``: always batch records for FLUSH_DELAY, the behaviour before
