@@ -352,11 +352,10 @@ class Recorder:
     ) -> tuple[bytes, bytes]:
         """Sender and destination of a forwarded frame, encoded; a missing name on our client's side is our client."""
         endpoint = self._lines.endpoint
-        sender = client if client is not None and sender_name is None and to_bus else self.resolve(sender_name)
-        destination = (
-            client if client is not None and destination_name is None and not to_bus else self.resolve(destination_name)
+        return (
+            endpoint(self._endpoint_for(sender_name, client, to_bus)),
+            endpoint(self._endpoint_for(destination_name, client, not to_bus)),
         )
-        return endpoint(sender), endpoint(destination)
 
     def _hand_over(self, chunks: list[bytes], write: bool) -> None:
         for writer in self.sinks:
