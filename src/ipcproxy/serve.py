@@ -162,15 +162,11 @@ class Service:
             task.cancel()
         self.proxy.close()
         self.resolver.stop()
+        fields: dict[str, Any] = {"reason": self.stop_reason or "done"}
         plane = self.proxy.plane
         if plane is not None:  # how many frames each path forwarded
-            self.recorder.event(
-                "proxy_stop",
-                reason=self.stop_reason or "done",
-                frames={"compiled": plane.compiled, "python": plane.handed},
-            )
-        else:
-            self.recorder.event("proxy_stop", reason=self.stop_reason or "done")
+            fields["frames"] = {"compiled": plane.compiled, "python": plane.handed}
+        self.recorder.event("proxy_stop", **fields)
         self.recorder.close()
 
 
