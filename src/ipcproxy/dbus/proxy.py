@@ -674,12 +674,12 @@ class Session:
         else:
             if mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
                 pending = self.pending_out.pop(message.reply_serial or 0, None)
-                if self.plane is not None:
+                if self.plane is not None:  # the plane timed the call (pending_out keeps only bus-driver calls)
                     since = self.plane.take_call(self.id, True, None, message.reply_serial or 0)
                     latency = None if since is None else now - since
+                elif pending is not None:
+                    latency = now - pending[0]
                 if pending is not None:
-                    if self.plane is None:
-                        latency = now - pending[0]
                     call = _as_message(pending[1])
                     if message.reply_serial == self.hello_serial and mtype is MessageType.METHOD_RETURN:
                         self._hello_answered(message)
@@ -1045,8 +1045,8 @@ class Proxy:
         recorder = self.recorder
         if recorder.pending_bytes >= ENCODE_BYTES:
             self._write_records()
-        elif self._write_timer is None and recorder.backlog:
-            self._write_timer = self.loop.call_later(self._write_delay(), self._write_records)
+        else:
+            self._schedule_write()
 
     def after_batch(self, frames: int = 1) -> None:
         """Record what was just forwarded, off the forwarding itself.
@@ -1068,8 +1068,7 @@ class Proxy:
         elif recorder.backlog >= ENCODE_RECORDS or recorder.pending_bytes >= ENCODE_BYTES:
             self._write_records()
             return
-        if self._write_timer is None and recorder.backlog:
-            self._write_timer = self.loop.call_later(self._write_delay(), self._write_records)
+        self._schedule_write()
 
     def _encode_records(self) -> None:
         self._encode_soon = False
@@ -1078,15 +1077,17 @@ class Proxy:
         if recorder.unwritten >= WRITE_BYTES:
             self._write_records()
 
-    def _write_delay(self) -> float:
-        """How long records may wait to be written: what a SIGKILL could lose.
+    def _schedule_write(self) -> None:
+        """Have waiting records written; how long they may wait is what a SIGKILL could lose.
 
         Light traffic (most of a real bus's life) gets its records written on
         the next turn of the event loop. Heavy traffic waits up to FLUSH_DELAY,
         so that each write carries many records: writing on every turn cost
         17% of the throughput at concurrency 64 (bench/ab.py, FLUSH_DELAY=0).
         """
-        return 0.0 if self._light else FLUSH_DELAY
+        if self._write_timer is None and self.recorder.backlog:
+            delay = 0.0 if self._light else FLUSH_DELAY
+            self._write_timer = self.loop.call_later(delay, self._write_records)
 
     def _write_records(self) -> None:
         if self._write_timer is not None:
