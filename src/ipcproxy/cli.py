@@ -47,7 +47,6 @@ COMMANDS = {
     "export-policy": "ipcproxy.policy.commands:export_policy_command",
     "campaign": "ipcproxy.faults.commands:campaign_command",
     "diff": "ipcproxy.faults.commands:diff_command",
-    "report": "ipcproxy.report.commands:report_command",
 }
 
 
@@ -165,10 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("report", help="HTML report of a trace or a campaign directory")
-    p.add_argument("source")
-    p.add_argument("-o", "--output", required=True)
     return parser
 
 
@@ -182,12 +177,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return ExitStatus.USAGE
         target = COMMANDS[args.command]
         module_name, func_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                raise UsageError(f"ipcproxy {args.command}: not available in this build") from None
-            raise
+        module = importlib.import_module(module_name)
         return int(getattr(module, func_name)(args, env))
     except UsageError as exc:
         print(f"ipcproxy: {exc}" if not str(exc).startswith("ipcproxy") else str(exc), file=sys.stderr)
