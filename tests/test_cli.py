@@ -19,7 +19,8 @@ import pytest
 
 from conftest import IPCPROXY, ROOT, read_trace
 from ipcproxy import __version__
-from ipcproxy.cli import COMMANDS, ExitStatus, main
+from ipcproxy.cli import COMMANDS, main
+from ipcproxy.commands.status import ExitStatus
 
 
 def ipcproxy(*args: str, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,6 @@ the watchdog is gone, ``--recover`` does the same by hand.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import errno
 import os
@@ -27,37 +25,31 @@ import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from ..cli import ExitStatus, UsageError
+from ..errors import InputError, RunFailed
 from .address import AddressError, parse, session_bus_address, system_bus_address
-
-if TYPE_CHECKING:  # the watchdog runs this module too: keep its start light
-    from ..chain import Chain
-    from ..trace.recorder import Recorder
-    from .bus import Directory
 
 ASIDE = ".ipcproxy-real"  # the bus's socket while we hold its path
 STAGING = ".ipcproxy-new"  # our socket until it is renamed into place
 Inode = tuple[int, int]  # (st_dev, st_ino)
 
 
-def socket_path(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    """The bus socket path to take over, from --socket, --system or --session."""
-    if args.socket:
-        return os.path.abspath(str(args.socket))
-    if args.system:
+def socket_path(socket_path: str | None, system: bool, env: Mapping[str, str]) -> str:
+    """The bus socket path to take over: ``socket_path`` if given, else the system or the session bus's."""
+    if socket_path:
+        return os.path.abspath(socket_path)
+    if system:
         text = env.get("DBUS_SYSTEM_BUS_ADDRESS") or system_bus_address()
     else:
         text = env.get("DBUS_SESSION_BUS_ADDRESS") or session_bus_address()
     try:
         addresses = parse(text)
     except AddressError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     for address in addresses:
         if address.transport == "unix" and address.path:
             return address.path
-    raise UsageError(f"interpose: the bus address {text} has no socket path to take over (unix:path=...)")
+    raise InputError(f"interpose: the bus address {text} has no socket path to take over (unix:path=...)")
 
 
 def _inode(path: str) -> Inode | None:
@@ -100,21 +92,20 @@ def restore(path: str, aside: str, ours: Inode | None) -> str | None:
     return f"restored the bus socket at {path}"
 
 
-def recover(path: str, aside: str) -> int:
-    """``--recover``: give the path back after a proxy and its watchdog both died."""
+def recover(path: str, aside: str) -> str:
+    """``--recover``: give the path back after a proxy and its watchdog both died; says what was done.
+
+    Raises RunFailed when something still serves the path: that is not ours to take back.
+    """
     if _inode(aside) is None:
-        print(f"ipcproxy: nothing to recover: {path} is not moved aside (no {aside})", file=sys.stderr)
-        return ExitStatus.OK
+        return f"nothing to recover: {path} is not moved aside (no {aside})"
     current = _inode(path)
     if current is not None and current != _inode(aside) and _listening(path):
-        print(
-            f"ipcproxy: {path} is served by a running process (an `ipcproxy interpose` still running? stop it);"
-            f" if the bus itself was restarted, {aside} is stale and can be removed",
-            file=sys.stderr,
+        raise RunFailed(
+            f"{path} is served by a running process (an `ipcproxy interpose` still running? stop it);"
+            f" if the bus itself was restarted, {aside} is stale and can be removed"
         )
-        return ExitStatus.FAILED
-    print(f"ipcproxy: {restore(path, aside, None)}", file=sys.stderr)
-    return ExitStatus.OK
+    return str(restore(path, aside, None))
 
 
 class Takeover:
@@ -137,16 +128,16 @@ class Takeover:
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
-            raise UsageError(f"interpose: {self.path} does not exist (is the bus running?)") from None
+            raise InputError(f"interpose: {self.path} does not exist (is the bus running?)") from None
         if not stat.S_ISSOCK(st.st_mode):
-            raise UsageError(f"interpose: {self.path} is not a socket")
+            raise InputError(f"interpose: {self.path} is not a socket")
         if os.path.lexists(self.aside):
-            raise UsageError(
+            raise InputError(
                 f"interpose: {self.aside} exists: an earlier interpose did not finish;"
                 f" run `ipcproxy interpose --socket {self.path} --recover` first"
             )
         if not _listening(self.path):
-            raise UsageError(f"interpose: nothing accepts connections at {self.path}")
+            raise InputError(f"interpose: nothing accepts connections at {self.path}")
 
     def prepare(self) -> socket.socket:
         """Listen on a staging name with the original's mode and owner; arm the watchdog; link the bus aside."""
@@ -160,7 +151,7 @@ class Takeover:
             sock.bind(self.staging)
         except OSError as exc:
             sock.close()
-            raise UsageError(f"interpose: cannot create {self.staging}: {exc.strerror}") from None
+            raise InputError(f"interpose: cannot create {self.staging}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
         self.listener = sock
@@ -178,7 +169,7 @@ class Takeover:
             self.linked = True
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP):
-                raise UsageError(f"interpose: cannot move {self.path} aside: {exc.strerror}") from None
+                raise InputError(f"interpose: cannot move {self.path} aside: {exc.strerror}") from None
         return sock
 
     def _start_watchdog(self) -> None:
@@ -232,60 +223,6 @@ class Takeover:
                 except subprocess.TimeoutExpired:
                     self._watchdog.kill()
                     self._watchdog.wait()
-
-
-def interpose_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    path = socket_path(args, env)
-    if args.recover:
-        return recover(path, path + ASIDE)
-    from ..serve import _new_loop, build_chain, make_recorder
-    from .bus import Directory
-
-    takeover = Takeover(path)
-    takeover.check()
-    chain = build_chain(args)
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    directory = Directory()
-    recorder = make_recorder(
-        args, directory, bus_address=f"unix:path={path}", mode="interpose", real_socket=takeover.aside
-    )
-    try:
-        return loop.run_until_complete(_interpose(takeover, chain, recorder, directory))
-    finally:
-        recorder.close()
-        loop.close()
-
-
-async def _interpose(takeover: Takeover, chain: Chain, recorder: Recorder, directory: Directory) -> int:
-    from ..serve import Service
-
-    try:
-        listener = takeover.prepare()
-        service = Service(f"unix:path={takeover.aside}", f"unix:path={takeover.path}", chain, recorder, directory)
-        address = await service.start(listener=listener)
-        takeover.listener = None  # the proxy owns it now
-        try:
-            takeover.switch()
-            recorder.event("interpose", path=takeover.path, real_socket=takeover.aside)
-            print(address, flush=True)
-            print(
-                f"ipcproxy: interposed on {takeover.path} (the bus stays reachable at {takeover.aside});"
-                f" if this process and its watchdog both die, run: ipcproxy interpose --socket {takeover.path} --recover",
-                file=sys.stderr,
-            )
-            await service.stop_event.wait()
-        finally:
-            done = takeover.restore()  # first: new clients reach the bus directly again
-            if done:
-                recorder.event("restore", path=takeover.path, result=done)
-            service.close()
-    finally:
-        takeover.close()
-    if service.failed:
-        print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
-        return ExitStatus.FAILED
-    return ExitStatus.OK
 
 
 def watchdog_main(argv: Sequence[str]) -> int:

@@ -21,17 +21,17 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cli import ExitStatus, UsageError
+from ..errors import InputError, RunFailed
 from ..model import BUS_DRIVER_NAME, Message, MessageType
 from ..trace import records
 from ..trace.recorder import Recorder
 from ..trace.writer import DirectJsonlWriter, Sink, open_sink
 from . import wire
-from .address import AddressError, parse, session_bus_address, system_bus_address
+from .address import parse
 from .auth import AuthError, ClientAuth
 from .bus import DRIVER_INTERFACE, DRIVER_PATH, Directory
 from .resolver import Resolver
@@ -177,7 +177,7 @@ def become_monitor(link: Link, rules: list[str]) -> str | None:
         return None
     refusal = f"{reply.error_name}: {_error_text(reply)}"
     if reply.error_name not in REFUSALS:
-        raise UsageError(f"monitor: the bus rejected the match rules ({refusal})")
+        raise InputError(f"monitor: the bus rejected the match rules ({refusal})")
     for rule in rules or list(ALL_TYPES):
         text = rule if "eavesdrop=" in rule else f"eavesdrop=true,{rule}" if rule else "eavesdrop=true"
         answer = link.call(DRIVER_INTERFACE, "AddMatch", "s", [text])
@@ -370,8 +370,8 @@ class Monitor:
 
 
 def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
-    """As serve.make_recorder, with the threaded trace writer; a pcap alone needs no decoded arguments."""
-    from ..serve import live_printer
+    """As runtime.make_recorder, with the threaded trace writer; a pcap alone needs no decoded arguments."""
+    from ..runtime import live_printer
 
     sinks: list[Sink] = []
     pcap = bool(args.write) and args.write.endswith((".pcap", ".pcapng"))
@@ -380,62 +380,35 @@ def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any)
         try:
             sinks.append(open_sink(args.write, head) if pcap else DirectJsonlWriter(args.write, head))
         except OSError as exc:
-            raise UsageError(f"cannot write trace {args.write}: {exc.strerror}") from None
+            raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
     live = live_printer(args)
     decode = not args.no_args and (live is not None or not pcap)
     return Recorder(sinks, directory.endpoint, live, decode_args=decode)
 
 
-def bus_address(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    if args.address:
-        return str(args.address)
-    if args.system:
-        return env.get("DBUS_SYSTEM_BUS_ADDRESS") or system_bus_address()
-    return env.get("DBUS_SESSION_BUS_ADDRESS") or session_bus_address()
-
-
-def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from ..serve import _new_loop
-    from .proxy import tune_allocator
-
-    address = bus_address(args, env)
-    try:
-        parse(address)
-    except AddressError as exc:
-        raise UsageError(str(exc)) from None
-    args.live_to_stderr = False  # like dbus-monitor: the live view is the output
-    tune_allocator()  # large frames and hex lines: no mmap and page faults per message
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    directory = Directory()
-    try:
-        return loop.run_until_complete(_monitor(args, address, directory, loop))
-    finally:
-        loop.close()
-
-
-async def _monitor(
+async def run_monitor(
     args: argparse.Namespace, address: str, directory: Directory, loop: asyncio.AbstractEventLoop
-) -> int:
+) -> None:
+    """Capture the bus at ``address`` until a signal or a failure (RunFailed) ends it."""
     rules = list(args.match or [])
     resolver = Resolver(address, directory)
     try:
         await asyncio.wait_for(resolver.start(), 10)
     except Exception as exc:  # noqa: BLE001 - dbus-fast raises many kinds; all mean "no bus here"
         resolver.stop()
-        raise UsageError(f"cannot connect to the bus at {address}: {exc or type(exc).__name__}") from None
+        raise InputError(f"cannot connect to the bus at {address}: {exc or type(exc).__name__}") from None
     try:
         link = connect(address)
     except SetupError as exc:
         resolver.stop()
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     try:
         refusal = become_monitor(link, rules)
     except (SetupError, OSError, wire.FrameError) as exc:
         link.sock.close()
         resolver.stop()
         detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise UsageError(f"cannot monitor the bus at {address}: {detail}") from None
+        raise InputError(f"cannot monitor the bus at {address}: {detail}") from None
     except BaseException:
         link.sock.close()
         resolver.stop()
@@ -493,9 +466,7 @@ async def _monitor(
         recorder.event("monitor_stop", reason=reason, messages=monitor.messages)
         recorder.close()
     if monitor.failure is not None:
-        print(f"ipcproxy: {monitor.failure} ({address})", file=sys.stderr)
-        return ExitStatus.FAILED
-    return ExitStatus.OK
+        raise RunFailed(f"{monitor.failure} ({address})")
 
 
 async def _kick(resolver: Resolver, directory: Directory, monitor: Monitor) -> None:

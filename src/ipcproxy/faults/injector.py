@@ -190,10 +190,10 @@ class FaultInjector:
 
 def load_injector(path: str, seed: int | None = None) -> FaultInjector:
     """The injector for ``--faults PLAN`` (bad plans are usage errors: one line, exit 2)."""
-    from ..cli import UsageError
+    from ..errors import InputError
 
     try:
         plan = load_plan(path)
     except PlanError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     return FaultInjector(plan, seed)

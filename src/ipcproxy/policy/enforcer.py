@@ -77,10 +77,10 @@ class Enforcer:
 
 def load_enforcer(path: str, mode: str = "enforce") -> Enforcer:
     """The enforcer for a policy file; a broken file is a usage error (file:line: reason), nothing starts."""
-    from ..cli import UsageError
+    from ..errors import InputError
 
     try:
         policy = load_policy(path)
     except PolicyError as exc:
-        raise UsageError(f"policy {exc}") from None
+        raise InputError(f"policy {exc}") from None
     return Enforcer(policy, mode, path)

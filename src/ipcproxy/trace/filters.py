@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..cli import UsageError
+from ..errors import InputError
 
 Record = dict[str, Any]
 Matcher = Callable[[Record], bool]
@@ -41,7 +41,7 @@ KEYS = (
 _INT_KEYS = ("serial", "reply_serial", "connection")
 
 
-class FilterError(ValueError, UsageError):
+class FilterError(ValueError, InputError):
     """A bad expression: a ValueError for callers, and a one-line usage error if nobody catches it."""
 
 

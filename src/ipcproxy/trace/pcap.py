@@ -13,7 +13,6 @@ is guessed from the JSON value: see ``guess_signature``).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import struct
@@ -31,8 +30,8 @@ from dbus_fast import MessageType as FastType
 from dbus_fast.signature import SignatureType, get_signature_tree
 
 from .. import __version__
-from ..cli import ExitStatus, UsageError
 from ..dbus import wire
+from ..errors import InputError
 from ..model import BUS_DRIVER_NAME, Endpoint, Message, MessageType
 from . import records
 from .reader import TraceError, iter_trace, read_header
@@ -653,7 +652,7 @@ def records_to_capture(
     return report
 
 
-# ------------------------------------------------------------------ the command
+# ------------------------------------------------------------------ conversion
 
 
 def _write_atomically(path: str, fill: Callable[[IO[bytes]], None]) -> None:
@@ -663,34 +662,41 @@ def _write_atomically(path: str, fill: Callable[[IO[bytes]], None]) -> None:
             fill(stream)
         os.replace(tmp, path)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def convert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """trace -> pcap/pcapng (by OUT's extension), pcap/pcapng -> trace, or capture -> capture."""
-    src, dst = args.input, args.output
+@dataclass
+class Converted:
+    """What `convert` did: a one-line summary, and whether every message made it."""
+
+    summary: str
+    complete: bool = True
+
+
+def convert(src: str, dst: str) -> Converted:
+    """trace -> pcap/pcapng (by ``dst``'s extension), pcap/pcapng -> trace, or capture -> capture."""
     try:
         kind = sniff(src)
     except IsADirectoryError:
-        raise UsageError(f"{src}: is a directory") from None
+        raise InputError(f"{src}: is a directory") from None
     except OSError as exc:
-        raise UsageError(f"{src}: {exc.strerror}") from None
+        raise InputError(f"{src}: {exc.strerror}") from None
     if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UsageError(f"convert: {src} would be overwritten by its own conversion")
+        raise InputError(f"convert: {src} would be overwritten by its own conversion")
     to_capture = dst.endswith((".pcap", ".pcapng"))
     if kind == "unknown":
-        raise UsageError(f"{src}: neither an ipcproxy trace nor a pcap/pcapng capture")
+        raise InputError(f"{src}: neither an ipcproxy trace nor a pcap/pcapng capture")
     if kind == "trace":
         if not to_capture:
-            raise UsageError(f"convert: {src} is already a trace; name OUT *.pcap or *.pcapng")
+            raise InputError(f"convert: {src} is already a trace; name OUT *.pcap or *.pcapng")
         try:
             with open(src, "rb") as stream:
                 read_header(stream, src)
         except TraceError as exc:
-            raise UsageError(str(exc)) from None
+            raise InputError(str(exc)) from None
         box: list[ConvertReport] = []
 
         def fill_capture(stream: IO[bytes]) -> None:
@@ -700,8 +706,7 @@ def convert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _write_atomically(dst, fill_capture)
         r = box[0]
         merged = f", {r.copies} copies recorded on both sides merged" if r.copies else ""
-        print(f"ipcproxy: wrote {r.written} messages to {dst} ({r.skipped} skipped{merged})", file=sys.stderr)
-        return ExitStatus.OK if not r.skipped else ExitStatus.FAILED
+        return Converted(f"wrote {r.written} messages to {dst} ({r.skipped} skipped{merged})", not r.skipped)
 
     count = [0]
     try:
@@ -727,6 +732,5 @@ def convert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
             _write_atomically(dst, fill_trace)
     except CaptureError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"ipcproxy: wrote {count[0]} records to {dst}", file=sys.stderr)
-    return ExitStatus.OK
+        raise InputError(str(exc)) from None
+    return Converted(f"wrote {count[0]} records to {dst}")

@@ -8,17 +8,13 @@ reply keeps the larger of its two latencies: the one the caller waited.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
-from ..cli import ExitStatus, UsageError
+from ..errors import InputError
 from ..model import BUS_DRIVER_NAME, Endpoint
 from .reader import TraceError, iter_trace, read_header
 
@@ -324,23 +320,19 @@ def render(stats: Stats) -> str:
     return "\n".join(out)
 
 
-def stats_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """Accumulate every trace given, then print tables (or one JSON object)."""
+def collect(paths: list[str]) -> Stats:
+    """Accumulate every trace given; a path that is not a readable trace is an InputError naming it."""
     stats = Stats()
-    for path in args.trace:
+    for path in paths:
         try:
             with open(path, "rb") as stream:
                 read_header(stream, path)
             stats.add_trace(iter_trace(path))
         except IsADirectoryError:
-            raise UsageError(f"{path}: is a directory, not a trace") from None
+            raise InputError(f"{path}: is a directory, not a trace") from None
         except OSError as exc:
-            raise UsageError(f"{path}: {exc.strerror}") from None
+            raise InputError(f"{path}: {exc.strerror}") from None
         except TraceError as exc:
-            raise UsageError(str(exc)) from None
+            raise InputError(str(exc)) from None
         stats.traces.append(path)
-    if args.json:
-        sys.stdout.write(msgspec.json.encode(stats.to_json()).decode() + "\n")
-    else:
-        sys.stdout.write(render(stats) + "\n")
-    return ExitStatus.OK
+    return stats

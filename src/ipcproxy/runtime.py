@@ -1,4 +1,4 @@
-"""`run` and `proxy`: build the chain and the recorder, run the proxy until told to stop."""
+"""The runtime under `run`, `proxy` and `interpose`: build the chain and the recorder, run the proxy until told to stop."""
 
 from __future__ import annotations
 
@@ -7,22 +7,19 @@ import asyncio
 import contextlib
 import gc
 import os
-import shlex
 import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from .chain import Chain
-from .cli import ExitStatus, UsageError
 from .dbus.address import AddressError
 from .dbus.address import parse as parse_address
 from .dbus.bus import Directory
-from .dbus.launcher import BusError, PrivateBus
 from .dbus.proxy import Proxy
 from .dbus.resolver import Resolver
+from .errors import InputError
 from .scripting import ScriptError, load_script
 from .trace import records
 from .trace.recorder import Recorder
@@ -46,7 +43,7 @@ def build_chain(args: argparse.Namespace) -> Chain:
             for interceptor in load_script(path):
                 chain.add(interceptor)
         except ScriptError as exc:
-            raise UsageError(str(exc)) from None
+            raise InputError(str(exc)) from None
     return chain
 
 
@@ -73,7 +70,7 @@ def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any)
         try:
             sinks.append(open_sink(args.write, records.header(**header)))
         except OSError as exc:
-            raise UsageError(f"cannot write trace {args.write}: {exc.strerror}") from None
+            raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
     return Recorder(sinks, directory.endpoint, live_printer(args), decode_args=not args.no_args)
 
 
@@ -110,7 +107,7 @@ class Service:
         try:
             await asyncio.wait_for(self.resolver.start(), 10)
         except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001
-            raise UsageError(f"cannot connect to the bus at {self.proxy.upstream_text}: {exc}") from None
+            raise InputError(f"cannot connect to the bus at {self.proxy.upstream_text}: {exc}") from None
         try:
             if listener is None:
                 address = self.proxy.listen()
@@ -170,7 +167,7 @@ class Service:
         self.recorder.close()
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
 
@@ -184,146 +181,20 @@ def refuse_unauthenticated_root_listener(listen: str) -> None:
     try:
         transports = {address.transport for address in parse_address(listen)}
     except AddressError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     if "tcp" in transports and os.geteuid() == 0:
-        raise UsageError(
+        raise InputError(
             f"proxy: refusing to listen on {listen} as root: TCP clients cannot be authenticated, "
             "so each would act as root on the bus; run the proxy as an unprivileged user"
         )
 
 
-def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    refuse_unauthenticated_root_listener(args.listen)
-    chain = build_chain(args)
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    directory = Directory()
-    recorder = make_recorder(args, directory, bus_address=args.upstream, mode="proxy")
-
-    async def go() -> int:
-        try:
-            service = Service(args.upstream, args.listen, chain, recorder, directory)
-            address = await service.start()
-        except AddressError as exc:
-            raise UsageError(str(exc)) from None
-        print(address, flush=True)
-        try:
-            await service.stop_event.wait()
-        finally:
-            service.close()
-        if service.failed:
-            print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
-            return ExitStatus.FAILED
-        return ExitStatus.OK
-
-    try:
-        return loop.run_until_complete(go())
-    finally:
-        recorder.close()
-        loop.close()
-
-
-def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if not cmd:
-        raise UsageError("run: give the command to run after --, e.g. ipcproxy run -- busctl --user list")
-    chain = build_chain(args)
-    try:
-        bus = PrivateBus(broker=args.broker).start()
-    except BusError as exc:
-        raise UsageError(str(exc)) from None
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    directory = Directory()
-    try:
-        recorder = make_recorder(
-            args,
-            directory,
-            bus_address=bus.address,
-            mode="run",
-            command=cmd,
-            bus="dbus-broker" if args.broker else "dbus-daemon",
-        )
-    except BaseException:
-        loop.close()
-        bus.stop()
-        raise
-    listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
-
-    async def go() -> int:
-        service = Service(bus.address, listen, chain, recorder, directory)
-        address = await service.start()
-        child_env = dict(env)
-        child_env["DBUS_SESSION_BUS_ADDRESS"] = address
-        if args.system_too:
-            child_env["DBUS_SYSTEM_BUS_ADDRESS"] = address
-        services: list[asyncio.subprocess.Process] = []
-        status: int = ExitStatus.FAILED
-        try:
-            for line in args.service:
-                try:
-                    argv = shlex.split(line)
-                    if not argv:
-                        raise ValueError("empty command")
-                    services.append(await asyncio.create_subprocess_exec(*argv, env=child_env, start_new_session=True))
-                except ValueError as exc:
-                    raise UsageError(f"run: --service {line!r}: {exc}") from None
-                except OSError as exc:
-                    raise UsageError(f"run: cannot start service {line!r}: {exc.strerror}") from None
-            if args.wait_for:
-                await _wait_for_names(directory, args.wait_for, 10.0, service)
-            try:
-                child = await asyncio.create_subprocess_exec(*cmd, env=child_env)
-            except OSError as exc:
-                raise UsageError(f"cannot run {cmd[0]}: {exc.strerror}") from None
-            waiter = asyncio.ensure_future(child.wait())
-            stopper = asyncio.ensure_future(service.stop_event.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), 5)
-                except TimeoutError:
-                    child.kill()
-                    await waiter
-            stopper.cancel()
-            status = child.returncode if child.returncode is not None else ExitStatus.FAILED
-            if status < 0:
-                status = 128 - status
-        finally:
-            for proc in services:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in services:
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-            # let the last messages (disconnects) pass through before closing
-            await asyncio.sleep(0.05)
-            service.close()
-        if service.failed:
-            print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
-        return status
-
-    try:
-        return loop.run_until_complete(go())
-    finally:
-        recorder.close()
-        loop.close()
-        bus.stop()
-
-
-async def _wait_for_names(directory: Directory, names: list[str], timeout: float, service: Service) -> None:
+async def wait_for_names(directory: Directory, names: list[str], timeout: float, service: Service) -> None:
     deadline = time.monotonic() + timeout
     while True:
         missing = [n for n in names if directory.owner_of(n) is None]
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise UsageError(f"run: {', '.join(missing)} did not appear on the bus within {timeout:.0f} s")
+            raise InputError(f"run: {', '.join(missing)} did not appear on the bus within {timeout:.0f} s")
         await asyncio.sleep(0.05)
