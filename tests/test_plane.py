@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from typing import Any
 
 from conftest import busctl, dbus_send, gdbus, messages
@@ -234,3 +235,43 @@ def test_a_frame_handed_to_python_as_the_proxy_closes_is_recorded_as_discarded(b
     assert client.wait_closed()
     seqs = [r["seq"] for r in recs]
     assert sorted(seqs) == seqs and len(set(seqs)) == len(seqs)
+
+
+# what must differ between two runs of the same workload: numbering (the service numbers its messages
+# across both runs), clocks, measured latencies, process ids
+_RUN_SPECIFIC = re.compile(rb'"(seq|ts|serial|latency_ns|pid)":\d+|"time":"[^"]*"')
+_UNIQUE_NAME = re.compile(rb":1\.\d+")
+
+
+def _comparable_lines(path: Any) -> collections.Counter[bytes]:
+    """A trace's message lines, as bytes, with what differs from run to run masked (lengths kept)."""
+    lines = collections.Counter()
+    for line in path.read_bytes().splitlines()[1:]:
+        if b'"type":"event"' in line:
+            continue
+        line = _RUN_SPECIFIC.sub(lambda m: m.group(0).split(b":")[0] + b":_", line)
+        lines[_UNIQUE_NAME.sub(lambda m: b":1." + b"N" * (len(m.group(0)) - 3), line)] += 1
+    return lines
+
+
+def test_compiled_lines_are_byte_identical_to_python_lines(bus, proxy_factory, services, monkeypatch):
+    """The plane's encoder and the Python encoder write the same bytes for the same messages."""
+    from test_proxy_faithful import RawClient
+
+    services.dbusmock(bus.address)
+    for _ in range(100):  # unique names from :1.100 on have the same length in both runs: so have the sizes
+        client = RawClient(bus.address)
+        client.hello()
+        client.close()
+    compiled = proxy_factory(bus.address)
+    monkeypatch.setenv("IPCPROXY_PLANE", "0")
+    python = proxy_factory(bus.address)
+    _workload(compiled.address)
+    _workload(python.address)
+    compiled.stop()
+    python.stop()
+    (stop,) = [r for r in compiled.records() if r.get("event") == "proxy_stop"]
+    assert stop["frames"]["compiled"] >= 2 * len(CALLS)
+    a, b = _comparable_lines(compiled.trace), _comparable_lines(python.trace)
+    assert sum(a.values()) == len(messages(compiled.records()))
+    assert a == b
