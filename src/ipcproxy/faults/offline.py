@@ -15,6 +15,7 @@ from typing import Any
 
 from ..chain import Context
 from ..model import Direction, Endpoint, Message, MessageType
+from ..trace.record_message import UnrecordedArgs, message_from_record
 from .injector import delivery_key
 from .selectors import OwnedNames
 
@@ -50,20 +51,8 @@ def system_records(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]
 
 
 def _message(r: dict[str, Any], sender: str | None) -> Message:
-    return Message(
-        type=_TYPES[r["type"]],
-        serial=r.get("serial") or 0,
-        flags=r.get("flags") or 0,
-        reply_serial=r.get("reply_serial"),
-        path=r.get("path"),
-        interface=r.get("interface"),
-        member=r.get("member"),
-        error_name=r.get("error_name"),
-        destination=r.get("destination_name"),
-        sender=sender,
-        signature=r.get("signature") or "",
-        _args=list(r.get("args") or []),
-    )
+    """Arguments the trace lacks count as none: enumerating faults needs only the header."""
+    return message_from_record(r, sender, unrecorded=UnrecordedArgs.EMPTY)
 
 
 def replay(records: Iterable[dict[str, Any]], owned: OwnedNames) -> Iterator[Point]:

@@ -22,6 +22,7 @@ from typing import Any
 from ..chain import Context
 from ..model import BUS_DRIVER_NAME, Direction, Endpoint, Message, MessageType
 from .reader import iter_trace
+from .record_message import UnrecordedArgs, message_from_record
 
 _TYPES = frozenset(t.wire_name for t in MessageType)
 PASSING = frozenset({"forwarded", "modified", "delayed", "duplicated", "reordered", "violation"})
@@ -172,36 +173,8 @@ class _Identities:
 
 
 def _message(record: dict[str, Any], sender: str | None) -> Message:
-    message = Message(
-        type=MessageType.from_name(record["type"]),
-        serial=record.get("serial") or 0,
-        flags=record.get("flags") or 0,
-        reply_serial=record.get("reply_serial"),
-        path=record.get("path"),
-        interface=record.get("interface"),
-        member=record.get("member"),
-        error_name=record.get("error_name"),
-        destination=record.get("destination_name"),
-        sender=sender,
-        signature=record.get("signature") or "",
-        unix_fds=record.get("fds") or 0,
-        transport=record.get("transport") or "dbus",
-    )
-    args = record.get("args")
-    if record.get("args_error"):
-        message.body_decoder = _raiser(f"undecodable body: {record['args_error']}")
-    elif message.signature and not args:
-        message.body_decoder = _raiser("arguments were not recorded in the trace")
-    else:
-        message.set_args(list(args or []))
-    return message
-
-
-def _raiser(text: str) -> Callable[[Message], list[Any]]:
-    def decode(_message: Message) -> list[Any]:
-        raise ValueError(text)
-
-    return decode
+    """Arguments the trace lacks raise when read: a rule about them cannot be judged from it."""
+    return message_from_record(record, sender, unrecorded=UnrecordedArgs.RAISE)
 
 
 class _Calls:
