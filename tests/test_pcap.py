@@ -31,7 +31,8 @@ from ipcproxy.dbus import wire
 from ipcproxy.dbus.launcher import PrivateBus
 from ipcproxy.model import Endpoint, MessageType
 from ipcproxy.trace import records
-from ipcproxy.trace.pcap import Packet, read_packets, record_to_bytes
+from ipcproxy.trace.dbus_values import record_to_bytes
+from ipcproxy.trace.pcapfile import Packet, read_packets
 from ipcproxy.trace.stats import Deliveries
 
 MOCK = "org.example.Mock"

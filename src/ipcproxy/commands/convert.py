@@ -16,7 +16,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
 def convert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import sys
 
-    from ..trace.pcap import convert
+    from ..trace.convert import convert
     from .status import ExitStatus
 
     done = convert(args.input, args.output)

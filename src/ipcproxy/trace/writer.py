@@ -245,7 +245,7 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 def open_sink(path: str, header: dict[str, Any] | None = None) -> Sink:
     """Pick the sink from the file name: ``.pcap``/``.pcapng`` write pcap, anything else the trace."""
     if path.endswith((".pcap", ".pcapng")):
-        from .pcap import CaptureSink  # real pcapng for .pcapng; each message once, with its sender
+        from .capture_sink import CaptureSink  # real pcapng for .pcapng; each message once, with its sender
 
         return CaptureSink(path)
     return JsonlWriter(path, header)

@@ -1,0 +1,118 @@
+"""`convert IN OUT`: a trace or a DLT_DBUS capture into the other form, or one capture container into the other.
+
+What IN is comes from its first bytes, what OUT is from its name. OUT is
+written to a temporary file and renamed at the end, so a failed conversion
+leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+import msgspec
+
+from ..errors import InputError
+from . import records
+from .pcap_convert import ConvertReport, connection_names, packets_to_records, records_to_capture
+from .pcapfile import DLT_DBUS, CaptureError, Warn, capture_file, read_packets, sniff, stderr_warn
+from .reader import TraceError, iter_trace, read_header
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng")
+
+
+@dataclass
+class Converted:
+    """What `convert` did: a one-line summary, and whether every message made it."""
+
+    summary: str
+    complete: bool = True
+
+
+def convert(src: str, dst: str, warn: Warn = stderr_warn) -> Converted:
+    """trace -> pcap/pcapng (by ``dst``'s extension), pcap/pcapng -> trace, or capture -> capture."""
+    try:
+        kind = sniff(src)
+    except IsADirectoryError:
+        raise InputError(f"{src}: is a directory") from None
+    except OSError as exc:
+        raise InputError(f"{src}: {exc.strerror}") from None
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise InputError(f"convert: {src} would be overwritten by its own conversion")
+    to_capture = dst.endswith(CAPTURE_SUFFIXES)
+    if kind == "unknown":
+        raise InputError(f"{src}: neither an ipcproxy trace nor a pcap/pcapng capture")
+    if kind == "trace":
+        if not to_capture:
+            raise InputError(f"convert: {src} is already a trace; name OUT *.pcap or *.pcapng")
+        return _trace_to_capture(src, dst, warn)
+    try:
+        if to_capture:
+            return _capture_to_capture(src, dst, warn)
+        return _capture_to_trace(src, dst, kind, warn)
+    except CaptureError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _trace_to_capture(src: str, dst: str, warn: Warn) -> Converted:
+    try:
+        with open(src, "rb") as stream:
+            read_header(stream, src)
+    except TraceError as exc:
+        raise InputError(str(exc)) from None
+    box: list[ConvertReport] = []
+
+    def fill(stream: IO[bytes]) -> None:
+        names = connection_names(iter_trace(src, warn=lambda _: None))
+        box.append(records_to_capture(iter_trace(src, warn=warn), capture_file(dst, stream), warn, names=names))
+
+    _write_atomically(dst, fill)
+    r = box[0]
+    merged = f", {r.copies} copies recorded on both sides merged" if r.copies else ""
+    return Converted(f"wrote {r.written} messages to {dst} ({r.skipped} skipped{merged})", not r.skipped)
+
+
+def _capture_to_capture(src: str, dst: str, warn: Warn) -> Converted:
+    count = 0
+
+    def fill(stream: IO[bytes]) -> None:
+        nonlocal count
+        out = capture_file(dst, stream)
+        for packet in read_packets(src, warn):
+            if packet.linktype == DLT_DBUS:
+                out.add(packet.ts_ns, packet.data)
+                count += 1
+
+    _write_atomically(dst, fill)
+    return Converted(f"wrote {count} records to {dst}")
+
+
+def _capture_to_trace(src: str, dst: str, kind: str, warn: Warn) -> Converted:
+    count = 0
+
+    def fill(stream: IO[bytes]) -> None:
+        nonlocal count
+        encoder = msgspec.json.Encoder()
+        head = records.header(mode="convert", source=os.path.abspath(src), source_format=kind)
+        stream.write(encoder.encode(head) + b"\n")
+        for rec in packets_to_records(read_packets(src, warn), warn):
+            stream.write(encoder.encode(rec) + b"\n")
+            count += 1
+
+    _write_atomically(dst, fill)
+    return Converted(f"wrote {count} records to {dst}")
+
+
+def _write_atomically(path: str, fill: Callable[[IO[bytes]], None]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as stream:
+            fill(stream)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
