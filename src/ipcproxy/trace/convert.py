@@ -15,9 +15,8 @@ from typing import IO
 import msgspec
 
 from ..errors import InputError
-from . import records
-from .pcap_convert import ConvertReport, connection_names, packets_to_records, records_to_capture
-from .pcapfile import DLT_DBUS, CaptureError, Warn, capture_file, read_packets, sniff, stderr_warn
+from .pcap_convert import ConvertReport, capture_header, connection_names, read_capture, records_to_capture
+from .pcapfile import CaptureError, Warn, capture_file, dbus_packets, read_packets, sniff, stderr_warn
 from .reader import TraceError, iter_trace, read_header
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng")
@@ -66,7 +65,10 @@ def _trace_to_capture(src: str, dst: str, warn: Warn) -> Converted:
 
     def fill(stream: IO[bytes]) -> None:
         names = connection_names(iter_trace(src, warn=lambda _: None))
-        box.append(records_to_capture(iter_trace(src, warn=warn), capture_file(dst, stream), warn, names=names))
+        report = records_to_capture(iter_trace(src, warn=warn), capture_file(dst, stream), warn, names=names)
+        if report.skipped and not report.written:
+            raise InputError(f"{src}: none of its {report.skipped} messages could be marshalled again; nothing written")
+        box.append(report)
 
     _write_atomically(dst, fill)
     r = box[0]
@@ -80,13 +82,12 @@ def _capture_to_capture(src: str, dst: str, warn: Warn) -> Converted:
     def fill(stream: IO[bytes]) -> None:
         nonlocal count
         out = capture_file(dst, stream)
-        for packet in read_packets(src, warn):
-            if packet.linktype == DLT_DBUS:
-                out.add(packet.ts_ns, packet.data)
-                count += 1
+        for _number, packet in dbus_packets(read_packets(src, warn), src, warn):
+            out.add(packet.ts_ns, packet.data)
+            count += 1
 
     _write_atomically(dst, fill)
-    return Converted(f"wrote {count} records to {dst}")
+    return Converted(f"wrote {count} packets to {dst}")
 
 
 def _capture_to_trace(src: str, dst: str, kind: str, warn: Warn) -> Converted:
@@ -95,9 +96,8 @@ def _capture_to_trace(src: str, dst: str, kind: str, warn: Warn) -> Converted:
     def fill(stream: IO[bytes]) -> None:
         nonlocal count
         encoder = msgspec.json.Encoder()
-        head = records.header(mode="convert", source=os.path.abspath(src), source_format=kind)
-        stream.write(encoder.encode(head) + b"\n")
-        for rec in packets_to_records(read_packets(src, warn), warn):
+        stream.write(encoder.encode(capture_header(src, kind)) + b"\n")
+        for rec in read_capture(src, warn):
             stream.write(encoder.encode(rec) + b"\n")
             count += 1
 

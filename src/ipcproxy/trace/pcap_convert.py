@@ -10,6 +10,7 @@ unwrapped, so the type is guessed from the JSON value).
 from __future__ import annotations
 
 import datetime
+import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ..dbus import wire
 from ..model import BUS_DRIVER_NAME, Endpoint, Message, MessageType
 from . import records
 from .dbus_values import MarshalError, record_to_bytes
-from .pcapfile import DLT_DBUS, Packet, PcapFile, PcapngFile, Warn, stderr_warn
+from .pcapfile import Packet, PcapFile, PcapngFile, Warn, dbus_packets, read_packets, stderr_warn
 from .stats import Deliveries
 
 # ------------------------------------------------------------------ capture -> trace
@@ -67,16 +68,22 @@ def _iso(ns: int) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def packets_to_records(packets: Iterable[Packet], warn: Warn = stderr_warn) -> Iterator[dict[str, Any]]:
-    """Trace records for the D-Bus packets of a capture, latency matched from call to reply."""
+def capture_header(path: str, kind: str) -> dict[str, Any]:
+    """The trace header of a capture read as a trace: the one `convert` writes."""
+    return records.header(mode="convert", source=os.path.abspath(path), source_format=kind)
+
+
+def read_capture(path: str, warn: Warn = stderr_warn) -> Iterator[dict[str, Any]]:
+    """The records of a pcap or pcapng file, as `convert` writes them into a trace (CaptureError if it is none)."""
+    return packets_to_records(dbus_packets(read_packets(path, warn), path, warn))
+
+
+def packets_to_records(packets: Iterable[tuple[int, Packet]]) -> Iterator[dict[str, Any]]:
+    """Trace records for a capture's D-Bus packets (numbered, from ``dbus_packets``), latency matched from call to reply."""
     book = NameBook()
     calls: OrderedDict[tuple[str | None, int], int] = OrderedDict()
     seq = 0
-    other_links = 0
-    for number, packet in enumerate(packets, 1):
-        if packet.linktype != DLT_DBUS:
-            other_links += 1
-            continue
+    for number, packet in packets:
         seq += 1
         if len(packet.data) < packet.orig_len:
             yield records.event_record(
@@ -128,8 +135,6 @@ def packets_to_records(packets: Iterable[Packet], warn: Warn = stderr_warn) -> I
             args=args,
             args_error=args_error,
         )
-    if other_links:
-        warn(f"{other_links} packets with a link type other than DLT_DBUS ({DLT_DBUS}) skipped")
 
 
 # ------------------------------------------------------------------ trace -> capture

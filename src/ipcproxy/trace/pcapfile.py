@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -56,7 +57,11 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 def sniff(path: str) -> str:
     """'pcap', 'pcapng', 'trace' or 'unknown', from the first bytes of the file."""
     with open(path, "rb") as stream:
-        head = stream.read(4)
+        return sniff_bytes(stream.read(4))
+
+
+def sniff_bytes(head: bytes) -> str:
+    """``sniff`` for a file's first four bytes."""
     if head in PCAP_MAGICS:
         return "pcap"
     if head == PCAPNG_SHB:
@@ -191,6 +196,29 @@ def _read_pcapng(stream: IO[bytes], path: str, warn: Warn) -> Iterator[Packet]:
         if hi >= 0:
             last_ts = iface.ns((hi << 32) | lo)
         yield Packet(last_ts, iface.linktype, bytes(data), orig)
+
+
+def dbus_packets(packets: Iterable[Packet], source: str, warn: Warn) -> Iterator[tuple[int, Packet]]:
+    """The DLT_DBUS packets of a capture, each with its number in the file; the others are skipped.
+
+    A count of the skipped ones is warned about at the end; a capture that has
+    packets but none of them D-Bus is refused (CaptureError), so that a
+    conversion or a reading of it does not pass for an empty but valid one.
+    """
+    others: Counter[int] = Counter()
+    dbus = 0
+    for number, packet in enumerate(packets, 1):
+        if packet.linktype != DLT_DBUS:
+            others[packet.linktype] += 1
+            continue
+        dbus += 1
+        yield number, packet
+    if others:
+        skipped = sum(others.values())
+        what = f"{skipped} packet{'s' if skipped > 1 else ''} of link type {', '.join(map(str, sorted(others)))}"
+        if not dbus:
+            raise CaptureError(f"{source}: not a D-Bus capture: {what}, none of DLT_DBUS ({DLT_DBUS})")
+        warn(f"{source}: {what} skipped (not DLT_DBUS, {DLT_DBUS})")
 
 
 # ------------------------------------------------------------------ writing
