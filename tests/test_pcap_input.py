@@ -1,4 +1,4 @@
-"""convert refuses what holds no D-Bus packet, and counts the packets of another link type it skips.
+"""show, stats, learn, check and diff read pcap and pcapng directly; convert refuses what holds no D-Bus packet.
 
 The captures are real: written by `ipcproxy convert` from a real proxied
 session, by `dbus-monitor --pcap` and by `busctl capture` on a real private
@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from conftest import ProxyProcess, Services, busctl, dbus_send, gdbus, read_trace, wait_for
+from conftest import ProxyProcess, Services, busctl, dbus_send, gdbus, messages, read_trace, wait_for
 from ipcproxy.cli import main
 from ipcproxy.dbus import wire
 from ipcproxy.dbus.launcher import PrivateBus
 from ipcproxy.trace.pcapfile import read_packets
+from ipcproxy.trace.reader import iter_trace
 
 MOCK = "org.example.Mock"
 MOCK_PATH = "/org/example/Mock"
@@ -120,6 +121,75 @@ def as_traces(captures: dict[str, Path]) -> dict[str, Path]:
     return traces
 
 
+CAPTURES = ["convert.pcap", "convert.pcapng", "dbus-monitor.pcap", "busctl.pcapng"]
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_a_capture_reads_as_the_trace_convert_makes_of_it(
+    name: str, captures: dict[str, Path], as_traces: dict[str, Path]
+) -> None:
+    direct = list(iter_trace(str(captures[name])))
+    assert direct == read_trace(as_traces[name])
+    msgs = messages(direct)
+    assert {"ListNames", "Ping", "GetAll", "Nope"} <= {r["member"] for r in msgs}
+    # a capture knows names, not processes: no identity fields are made up
+    for r in msgs:
+        for side in ("sender", "destination"):
+            assert not set(IDENTITY) & set(r[side]), r
+    getall = next(r for r in msgs if r["member"] == "GetAll")
+    assert getall["args"] == [MOCK] and getall["destination"]["names"] == [MOCK]
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_show_and_stats_read_a_capture(
+    name: str, captures: dict[str, Path], as_traces: dict[str, Path], capsys: Any
+) -> None:
+    capture, trace = str(captures[name]), str(as_traces[name])
+    status, shown, _ = run(["show", capture, "--filter", "member=GetAll,Ping"], capsys)
+    assert status == 0
+    header, *lines = shown.splitlines()
+    assert header.startswith(f"# {capture}: trace v1") and "mode=convert" in header
+    assert any("member=GetAll" in line for line in lines) and any("member=Ping" in line for line in lines)
+    assert run(["show", trace, "--filter", "member=GetAll,Ping"], capsys)[1].splitlines()[1:] == lines
+    status, out, _ = run(["stats", "--json", capture], capsys)
+    assert status == 0
+    stats = json.loads(out)
+    assert stats["traces"] == [capture] and stats["messages"] == len(messages(read_trace(trace)))
+    assert {k: v for k, v in json.loads(run(["stats", "--json", trace], capsys)[1]).items() if k != "traces"} == {
+        k: v for k, v in stats.items() if k != "traces"
+    }
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_learn_check_and_diff_read_a_capture(
+    name: str, captures: dict[str, Path], as_traces: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    capture, trace = str(captures[name]), str(as_traces[name])
+    policies = {}
+    for source in (capture, trace):
+        out = tmp_path / f"{Path(source).name}.yaml"
+        status, printed, _ = run(["learn", source, "-o", str(out)], capsys)
+        assert status == 0 and "learnt a least-privilege policy" in printed
+        policies[source] = [line for line in out.read_text().splitlines() if not line.startswith("# ")]
+    assert policies[capture] == policies[trace] and "    member: GetAll" in policies[capture]
+    learnt = str(tmp_path / f"{Path(capture).name}.yaml")
+    status, printed, _ = run(["check", learnt, capture], capsys)
+    assert status == 0 and " 0 violations" in printed
+    deny = tmp_path / "deny.yaml"
+    deny.write_text(DENY_ALL)
+    status, printed, _ = run(["check", str(deny), capture], capsys)
+    assert status == 1 and f"VIOLATION {capture}#" in printed
+    assert printed.replace(capture, "X") == run(["check", str(deny), trace], capsys)[1].replace(trace, "X")
+    status, printed, _ = run(["diff", capture, trace], capsys)
+    assert status == 0 and "no divergence" in printed
+
+
+def test_follow_is_refused_on_a_capture(captures: dict[str, Path], capsys: Any) -> None:
+    status, out, err = run(["show", "--follow", str(captures["dbus-monitor.pcap"])], capsys)
+    assert status == 2 and not out
+    assert len(err.strip().splitlines()) == 1 and "--follow reads ipcproxy traces only" in err
+
+
 # ---------------------------------------------------------------- captures of another link type
 
 
@@ -150,6 +220,23 @@ def test_converting_no_dbus_packet_fails_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []  # neither OUT nor its temporary file
 
 
+@pytest.mark.parametrize("container", ["pcap", "pcapng"])
+def test_reading_no_dbus_packet_fails(container: str, ethernet: dict[str, Path], tmp_path: Path, capsys: Any) -> None:
+    path = str(ethernet[container])
+    deny = tmp_path / "deny.yaml"
+    deny.write_text(DENY_ALL)
+    for argv in (
+        ["show", path],
+        ["stats", path],
+        ["learn", path, "-o", str(tmp_path / "p.yaml")],
+        ["check", str(deny), path],
+        ["diff", path, path],
+    ):
+        status, out, err = run(argv, capsys)
+        assert status == 2 and not out, argv
+        assert len(err.strip().splitlines()) == 1 and err.startswith(f"ipcproxy: {path}: not a D-Bus capture"), argv
+
+
 def test_skipped_packets_of_another_link_type_are_counted(
     captures: dict[str, Path], ethernet: dict[str, Path], tmp_path: Path, capsys: Any
 ) -> None:
@@ -167,6 +254,8 @@ def test_skipped_packets_of_another_link_type_are_counted(
         assert err.splitlines()[0] == warning and len(err.splitlines()) == 2, err
     assert [p.data for p in read_packets(str(tmp_path / "out.pcap"))] == [p.data for p in dbus]
     assert len(read_trace(tmp_path / "out.jsonl")) == len(dbus)
+    status, _, err = run(["stats", str(mixed)], capsys)
+    assert status == 0 and err.strip() == warning
 
 
 def test_a_trace_none_of_whose_messages_marshal_fails_and_writes_nothing(

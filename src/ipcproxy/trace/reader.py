@@ -11,6 +11,7 @@ from typing import IO, Any
 import msgspec
 
 from . import records
+from .pcapfile import CaptureError, sniff_bytes
 
 
 class TraceError(ValueError):
@@ -32,6 +33,11 @@ def _upgrade(record: dict[str, Any], version: int) -> dict[str, Any]:
 
 
 def read_header(stream: IO[bytes], name: str) -> dict[str, Any]:
+    capture = _capture_kind(stream)
+    if capture is not None:
+        from .pcap_convert import capture_header  # here: pcap_convert imports this module's users
+
+        return capture_header(name, capture)
     return _parse_header(stream.readline(), name)
 
 
@@ -65,6 +71,11 @@ def iter_trace(
     """
     warn = warn or (lambda text: print(f"ipcproxy: warning: {text}", file=sys.stderr))
     stream = _open(path)
+    capture = _capture_kind(stream)
+    if capture is not None:
+        stream.close()
+        yield from _capture_records(path, capture, warn, follow, on_header)
+        return
     try:
         while True:
             yield from _records(stream, path, warn, follow, on_header)
@@ -75,6 +86,44 @@ def iter_trace(
             stream = _open(path)
     finally:
         stream.close()
+
+
+# ---------------------------------------------------------------- captures read as traces
+#
+# A pcap or pcapng file (dbus-monitor --pcap, busctl capture, `convert`) is
+# read as the trace `convert` would make of it, picked by its magic bytes.
+
+
+def _capture_kind(stream: IO[bytes]) -> str | None:
+    """'pcap' or 'pcapng' when the file starts like one; None for anything else (a trace, or not yet written)."""
+    peek = getattr(stream, "peek", None)
+    head = peek(4)[:4] if peek is not None else b""
+    kind = sniff_bytes(head)
+    return kind if kind in ("pcap", "pcapng") else None
+
+
+def _capture_records(
+    path: str,
+    kind: str,
+    warn: Callable[[str], None],
+    follow: bool,
+    on_header: Callable[[dict[str, Any]], None] | None,
+) -> Iterator[dict[str, Any]]:
+    from .pcap_convert import capture_header, read_capture  # here: pcap_convert imports this module's users
+
+    if follow:
+        raise TraceError(f"{path}: a {kind} capture is read whole; --follow reads ipcproxy traces only")
+    header_due = on_header is not None
+    try:
+        for record in read_capture(path, warn):
+            if header_due and on_header is not None:  # only once the file proved to be a D-Bus capture
+                header_due = False
+                on_header(capture_header(path, kind))
+            yield record
+    except CaptureError as exc:
+        raise TraceError(str(exc)) from None
+    if header_due and on_header is not None:
+        on_header(capture_header(path, kind))
 
 
 def _open(path: str) -> IO[bytes]:
