@@ -4,9 +4,11 @@ Captures made by ``dbus-monitor --pcap`` (classic pcap) and ``busctl capture``
 (pcapng) hold one whole D-Bus message per packet.
 
 The containers are read and written here rather than with a packet library:
-dpkt (the well-kept one that reads both) turns timestamps into float seconds,
-which loses the nanoseconds of a wall-clock time, and reads only a pcapng's
-first interface of its first section; the formats themselves are small.
+dpkt (the well-kept one that handles both) gives timestamps as float seconds
+and writes pcapng in microseconds, which loses the nanoseconds of a wall-clock
+time, and its pcapng reader knows only the first interface and enhanced
+packet blocks (a merged capture's second interface, simple and obsolete
+packet blocks are lost). The formats themselves are small.
 """
 
 from __future__ import annotations
