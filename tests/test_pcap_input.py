@@ -8,6 +8,7 @@ type made by Wireshark's text2pcap and mixed in with its mergecap.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -55,11 +56,12 @@ def _capturing(argv: list[str], out: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=stream, stderr=subprocess.DEVNULL)
 
 
-def _captured(address: str, path: Path) -> bool:
-    """Whether the capturing tool already recorded a probe call (it is monitoring then)."""
-    busctl(address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetId")
+def _captured(address: str, path: Path, probe: str) -> bool:
+    """Whether the capturing tool already recorded a probe call: it is monitoring then, and has written
+    everything the bus passed on before it."""
+    busctl(address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", probe)
     try:
-        return any(wire.parse_message(p.data).member == "GetId" for p in read_packets(str(path), lambda _: None))
+        return any(wire.parse_message(p.data).member == probe for p in read_packets(str(path), lambda _: None))
     except (ValueError, wire.FrameError):
         return False
 
@@ -97,9 +99,15 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             monitor = _capturing(["dbus-monitor", "--pcap", "--address", bus.address], out["dbus-monitor.pcap"])
             capture = _capturing(["busctl", f"--address={bus.address}", "capture"], out["busctl.pcapng"])
             try:
-                for path in (out["dbus-monitor.pcap"], out["busctl.pcapng"]):
-                    wait_for(lambda p=path: _captured(bus.address, p), timeout=20, what=f"{path.name} to capture")
+                captured = (out["dbus-monitor.pcap"], out["busctl.pcapng"])
+                for path in captured:
+                    wait_for(
+                        lambda p=path: _captured(bus.address, p, "GetId"), timeout=20, what=f"{path.name} to start"
+                    )
                 _clients(bus.address)
+                for path in captured:  # a probe after the clients: once it is in, so is all they did
+                    caught_up = functools.partial(_captured, bus.address, path, "ListActivatableNames")
+                    wait_for(caught_up, timeout=20, what=f"{path.name} to catch up")
             finally:
                 _stop(monitor)
                 _stop(capture)
