@@ -140,7 +140,7 @@ class Proxy:
         return {conn_id: link.session for conn_id, link in self.links.items()}
 
     def listen(self) -> str:
-        self.listener.listen()
+        self.listener.listen(not_on=self.connector.upstream)
         return self.address
 
     def adopt_listener(self, sock: socket.socket) -> None:
