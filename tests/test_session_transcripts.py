@@ -75,11 +75,15 @@ class Rule:
 class Playbook:
     """One proxy's shared state and its sessions, with the trace they leave."""
 
-    def __init__(self, *interceptors: Any, hand_over: bool = False) -> None:
+    def __init__(self, *interceptors: Any, hand_over: bool = False, auth_timeout: float | None = None) -> None:
         self.sink = MemorySink()
-        self.state = ProxyState(Chain(list(interceptors)), Recorder([self.sink], lambda n: Endpoint(bus_name=n)))
+        self.state = ProxyState(
+            Chain(list(interceptors)),
+            Recorder([self.sink], lambda n: Endpoint(bus_name=n)),
+            hand_over=hand_over,
+            auth_timeout=auth_timeout,
+        )
         self.state.recorder.resolve = self.state.directory.endpoint
-        self.state.hand_over = hand_over
         self._ids = 0
 
     def session(self, pid: int = CLIENT_PID, uid: int = UID) -> Session:
@@ -122,9 +126,10 @@ HELLO = call(1, "Hello")
 
 def authenticate(session: Session, unique: str = ":1.7") -> list[Command]:
     """Play a libdbus-style handshake and Hello; returns the commands of the Hello's reply."""
-    assert session.start() == [ConnectBus()]
+    assert session.start() == []
+    # the client's identity is accepted: only now is the bus connection opened
+    assert session.client_data(b"\0AUTH EXTERNAL " + HEX_UID + b"\r\n", []) == [ConnectBus()]
     assert session.bus_connected(UID, True) == [SendToBus([OUR_AUTH])]
-    assert session.client_data(b"\0AUTH EXTERNAL " + HEX_UID + b"\r\n", []) == []  # waits for the bus's GUID
     assert session.bus_data(f"OK {GUID}\r\nAGREE_UNIX_FD\r\n".encode(), []) == [
         CarryFds(from_bus=True),
         SendToClient([f"OK {GUID}\r\n".encode()]),
@@ -161,9 +166,9 @@ def test_authentication_then_hello_passes_and_names_the_client() -> None:
 def test_sd_bus_pipelining_everything_before_the_bus_answered() -> None:
     """AUTH, NEGOTIATE_UNIX_FD, BEGIN and Hello in one write: all of it waits for the bus's GUID."""
     session = Playbook().session()
-    assert session.start() == [ConnectBus()]
+    assert session.start() == []
+    assert session.client_data(OUR_AUTH + HELLO.raw, []) == [ConnectBus()]
     assert session.bus_connected(UID, True) == [SendToBus([OUR_AUTH])]
-    assert session.client_data(OUR_AUTH + HELLO.raw, []) == []
     assert session.bus_data(f"OK {GUID}\r\nAGREE_UNIX_FD\r\n".encode(), []) == [
         CarryFds(from_bus=True),
         SendToClient([f"OK {GUID}\r\nAGREE_UNIX_FD\r\n".encode()]),
@@ -332,7 +337,6 @@ def test_file_descriptors_travel_with_their_own_message() -> None:
 def test_file_descriptors_during_authentication_close_the_connection() -> None:
     session = Playbook().session()
     session.start()
-    session.bus_connected(UID, True)
     read_end, write_end = os.pipe()
     try:
         assert session.client_data(b"\0", [write_end]) == [Close("file descriptors sent during authentication")]
@@ -345,8 +349,8 @@ def test_file_descriptors_during_authentication_close_the_connection() -> None:
 def test_with_the_compiled_plane_both_sockets_are_handed_over_after_authentication() -> None:
     session = Playbook(hand_over=True).session()
     session.start()
-    session.bus_connected(UID, True)
     session.client_data(OUR_AUTH + HELLO.raw, [])
+    session.bus_connected(UID, True)
     assert session.bus_data(f"OK {GUID}\r\nAGREE_UNIX_FD\r\n".encode(), [])[-1] == HandOver(HELLO.raw, b"")
 
 
@@ -366,4 +370,32 @@ def test_a_fault_disconnecting_the_receiver_closes_the_other_session() -> None:
     authenticate(service, ":1.8")
     assert caller.client_data(call(2, "Ping", ":1.8").raw, []) == [
         CloseOther(service.id, "disconnected by fault (receiver)")
+    ]
+
+
+def test_a_client_that_does_not_prove_who_it_is_never_gets_a_bus_connection() -> None:
+    book = Playbook(auth_timeout=30.0)
+    session = book.session()
+    assert session.start() == [Later(30.0, session.auth_expired, cancel_on_close=True)]
+    assert session.client_data(b"\0AUTH EXTERNAL 31", []) == []  # half a line
+    assert session.client_data(b"\r\n", []) == [SendToClient([b"REJECTED EXTERNAL\r\n"])]  # uid 1, not 1000
+    assert session.client_data(b"AUTH ANONYMOUS\r\n", []) == [SendToClient([b"REJECTED EXTERNAL\r\n"])]
+    assert session.auth_expired() == [Close("not authenticated within 30 s")]
+    (connect,) = book.events("connect")
+    assert connect["connection"] == session.id
+
+
+def test_the_deadline_passes_harmlessly_once_the_client_has_authenticated() -> None:
+    session = Playbook(auth_timeout=0.5).session()
+    assert len(session.start()) == 1
+    authenticate_from_handshake(session)
+    assert session.auth_expired() == []
+
+
+def authenticate_from_handshake(session: Session) -> None:
+    assert session.client_data(OUR_AUTH, []) == [ConnectBus()]
+    session.bus_connected(UID, True)
+    assert session.bus_data(f"OK {GUID}\r\nAGREE_UNIX_FD\r\n".encode(), [])[-2:] == [
+        Authenticated(),
+        CarryFds(from_bus=False),
     ]

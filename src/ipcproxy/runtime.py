@@ -17,7 +17,7 @@ from .chain import Chain
 from .dbus.address import AddressError
 from .dbus.address import parse as parse_address
 from .dbus.bus import Directory
-from .dbus.proxy import Proxy
+from .dbus.proxy import ConnectionLimits, Proxy
 from .dbus.resolver import Resolver
 from .errors import InputError
 from .scripting import ScriptError, load_script
@@ -88,15 +88,28 @@ def reload_chain(chain: Chain) -> None:
                 )
 
 
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """--auth-timeout and --max-pending: what clients that have not authenticated may cost."""
+    return ConnectionLimits(auth_timeout=args.auth_timeout, max_pending=args.max_pending)
+
+
 class Service:
     """The proxy plus its bus-driver resolver, with a clean stop."""
 
-    def __init__(self, upstream: str, listen: str, chain: Chain, recorder: Recorder, directory: Directory) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        listen: str,
+        chain: Chain,
+        recorder: Recorder,
+        directory: Directory,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         self.loop = asyncio.get_event_loop()
         self.directory = directory
         self.recorder = recorder
         self.chain = chain
-        self.proxy = Proxy(upstream, listen, chain, recorder, directory, loop=self.loop)
+        self.proxy = Proxy(upstream, listen, chain, recorder, directory, loop=self.loop, limits=limits)
         self.resolver = Resolver(upstream, directory)
         self.stop_event = asyncio.Event()
         self.stop_reason: str | None = None

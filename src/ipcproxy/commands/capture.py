@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def add_capture_options(p: argparse.ArgumentParser, manipulate: bool = True) -> None:
@@ -24,3 +25,32 @@ def add_capture_options(p: argparse.ArgumentParser, manipulate: bool = True) -> 
             default=[],
             help="load interceptors from a Python file (repeatable)",
         )
+        p.add_argument(
+            "--auth-timeout",
+            metavar="SECONDS",
+            type=_positive(float),
+            default=30.0,
+            help="close a client that has not authenticated within SECONDS (default 30)",
+        )
+        p.add_argument(
+            "--max-pending",
+            metavar="N",
+            type=_positive(int),
+            default=256,
+            help="refuse new clients while N are still authenticating (default 256)",
+        )
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number above 0."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    return parse

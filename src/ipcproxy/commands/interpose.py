@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ..chain import Chain
     from ..dbus.bus import Directory
     from ..dbus.interpose import Takeover
+    from ..dbus.proxy import ConnectionLimits
     from ..trace.recorder import Recorder
 
 HELP = "take over a live bus's socket path"
@@ -32,7 +33,7 @@ def interpose_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from ..dbus.bus import Directory
     from ..dbus.interpose import ASIDE, Takeover, recover, socket_path
-    from ..runtime import build_chain, make_recorder, new_loop
+    from ..runtime import build_chain, connection_limits, make_recorder, new_loop
     from .status import ExitStatus
 
     path = socket_path(args.socket, args.system, env)
@@ -49,13 +50,15 @@ def interpose_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         args, directory, bus_address=f"unix:path={path}", mode="interpose", real_socket=takeover.aside
     )
     try:
-        return loop.run_until_complete(_interpose(takeover, chain, recorder, directory))
+        return loop.run_until_complete(_interpose(takeover, chain, recorder, directory, connection_limits(args)))
     finally:
         recorder.close()
         loop.close()
 
 
-async def _interpose(takeover: Takeover, chain: Chain, recorder: Recorder, directory: Directory) -> int:
+async def _interpose(
+    takeover: Takeover, chain: Chain, recorder: Recorder, directory: Directory, limits: ConnectionLimits
+) -> int:
     import sys
 
     from ..errors import RunFailed
@@ -64,7 +67,9 @@ async def _interpose(takeover: Takeover, chain: Chain, recorder: Recorder, direc
 
     try:
         listener = takeover.prepare()
-        service = Service(f"unix:path={takeover.aside}", f"unix:path={takeover.path}", chain, recorder, directory)
+        service = Service(
+            f"unix:path={takeover.aside}", f"unix:path={takeover.path}", chain, recorder, directory, limits
+        )
         address = await service.start(listener=listener)
         takeover.listener = None  # the proxy owns it now
         try:

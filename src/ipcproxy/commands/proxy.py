@@ -22,7 +22,14 @@ def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..dbus.address import AddressError
     from ..dbus.bus import Directory
     from ..errors import InputError, RunFailed
-    from ..runtime import Service, build_chain, make_recorder, new_loop, refuse_unauthenticated_root_listener
+    from ..runtime import (
+        Service,
+        build_chain,
+        connection_limits,
+        make_recorder,
+        new_loop,
+        refuse_unauthenticated_root_listener,
+    )
     from .status import ExitStatus
 
     refuse_unauthenticated_root_listener(args.listen)
@@ -34,7 +41,7 @@ def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     async def go() -> int:
         try:
-            service = Service(args.upstream, args.listen, chain, recorder, directory)
+            service = Service(args.upstream, args.listen, chain, recorder, directory, connection_limits(args))
             address = await service.start()
         except AddressError as exc:
             raise InputError(str(exc)) from None

@@ -42,7 +42,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..dbus.bus import Directory
     from ..dbus.launcher import BusError, PrivateBus
     from ..errors import InputError
-    from ..runtime import Service, build_chain, make_recorder, new_loop, wait_for_names
+    from ..runtime import Service, build_chain, connection_limits, make_recorder, new_loop, wait_for_names
     from .status import ExitStatus
 
     cmd = list(args.cmd)
@@ -74,7 +74,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
 
     async def go() -> int:
-        service = Service(bus.address, listen, chain, recorder, directory)
+        service = Service(bus.address, listen, chain, recorder, directory, connection_limits(args))
         address = await service.start()
         child_env = dict(env)
         child_env["DBUS_SESSION_BUS_ADDRESS"] = address

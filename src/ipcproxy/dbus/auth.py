@@ -56,6 +56,15 @@ class ServerAuth:
         self._lines = 0
         self._pending_ok = False
 
+    @property
+    def awaiting_upstream(self) -> bool:
+        """The client's identity is accepted; only the bus's GUID is missing to say OK.
+
+        This is when the proxy opens the upstream connection: a client that
+        never gets this far costs no connection to the bus.
+        """
+        return self._pending_ok
+
     def upstream_ready(self, guid: str, unix_fd: bool) -> None:
         self.guid = guid
         self.upstream_unix_fd = unix_fd

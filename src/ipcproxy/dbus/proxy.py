@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from ..chain import Chain
@@ -30,6 +31,7 @@ from .conn import Conn, close_fds, peer_credentials, read_buffer
 from .connector import Connector
 from .listener import Listener
 from .session import (
+    Authenticated,
     CarryFds,
     Close,
     CloseOther,
@@ -57,6 +59,19 @@ BACKGROUND_WRITES = True  # the trace's writes (the kernel's page-cache copy) ru
 USE_PLANE = True  # carry connections in the compiled plane when nothing intercepts (IPCPROXY_PLANE=0: never)
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What a client that has not authenticated yet may cost (dbus-daemon: auth_timeout, max_incomplete_connections).
+
+    Such a client has no connection to the bus yet; it is closed after
+    ``auth_timeout`` seconds, and past ``max_pending`` of them new clients are
+    refused. None: no limit.
+    """
+
+    auth_timeout: float | None = 30.0
+    max_pending: int | None = 256
+
+
 def tune_allocator() -> None:
     """Let glibc keep large blocks (frames, hex-encoded arguments) in the heap.
 
@@ -76,13 +91,14 @@ def tune_allocator() -> None:
 class SessionIO:
     """The sockets of one session: the client's connection and, once opened, the bus's."""
 
-    __slots__ = ("session", "client", "bus", "on_plane")
+    __slots__ = ("session", "client", "bus", "on_plane", "timers")
 
     def __init__(self, session: Session, client: Conn) -> None:
         self.session = session
         self.client = client
         self.bus: Conn | None = None
         self.on_plane = False
+        self.timers: list[asyncio.TimerHandle] = []  # dropped when the session ends
 
 
 class Proxy:
@@ -97,8 +113,10 @@ class Proxy:
         directory: Directory | None = None,
         impersonate: bool | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.upstream_text = upstream
+        self.limits = limits or ConnectionLimits()
         self.connector = Connector(parse(upstream), impersonate)
         self.chain = chain
         self.recorder = recorder
@@ -106,6 +124,7 @@ class Proxy:
         self.loop = loop or asyncio.get_event_loop()
         self.listener = Listener(self.loop, parse(listen)[0], self._accepted)
         self.links: dict[int, SessionIO] = {}
+        self.pending: set[int] = set()  # sessions whose client has not completed its handshake
         self._next_id = 0
         self._read_buffer = read_buffer()
         self._write_timer: asyncio.TimerHandle | None = None
@@ -125,7 +144,9 @@ class Proxy:
             )
             recorder.attach_plane(self.plane)
             self.loop.add_reader(self.plane.fileno(), self._plane_ready)
-        self.state = ProxyState(chain, recorder, self.directory, hand_over=self.plane is not None)
+        self.state = ProxyState(
+            chain, recorder, self.directory, hand_over=self.plane is not None, auth_timeout=self.limits.auth_timeout
+        )
         tune_allocator()
         for sink in recorder.sinks:
             if isinstance(sink, JsonlWriter) and BACKGROUND_WRITES:
@@ -149,11 +170,19 @@ class Proxy:
 
     # ------------------------------------------------------------ clients
     def _accepted(self, sock: socket.socket) -> None:
-        self._next_id += 1
-        conn_id = self._next_id
         creds = peer_credentials(sock)
         pid, uid, gid = creds if creds else (None, None, None)
         client = Endpoint(pid=pid, uid=uid)
+        cap = self.limits.max_pending
+        if cap is not None and len(self.pending) >= cap:
+            sock.close()
+            self.recorder.event(
+                "refused", client=client.to_json(), reason=f"{cap} connections already waiting to authenticate"
+            )
+            self._schedule_write()
+            return
+        self._next_id += 1
+        conn_id = self._next_id
         if pid:
             client.exe, client.comm = process_facts(pid)
         session = Session(self.state, conn_id, client, gid, unix_fd_possible=sock.family == socket.AF_UNIX)
@@ -167,6 +196,7 @@ class Proxy:
         )
         link = SessionIO(session, client_conn)
         self.links[conn_id] = link
+        self.pending.add(conn_id)
         self._run(link, session.start())
         if not session.closed:
             link.client.start_reading()
@@ -208,7 +238,11 @@ class Proxy:
             elif isinstance(command, HandOver):
                 self._hand_over(link, command)
             elif isinstance(command, Later):
-                self.loop.call_later(command.delay_s, self._later, link, command)
+                timer = self.loop.call_later(command.delay_s, self._later, link, command)
+                if command.cancel_on_close:
+                    link.timers.append(timer)
+            elif isinstance(command, Authenticated):
+                self.pending.discard(link.session.id)
             elif isinstance(command, CloseOther):
                 other = self.links.get(command.connection)
                 if other is not None:
@@ -264,7 +298,11 @@ class Proxy:
         link.client.close(reason)
         if link.bus is not None:
             link.bus.close(reason)
+        for timer in link.timers:
+            timer.cancel()
+        link.timers.clear()
         self.links.pop(session.id, None)
+        self.pending.discard(session.id)
         self.recorder.flush()
 
     # what the compiled plane's thread left for Python

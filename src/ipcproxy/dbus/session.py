@@ -85,10 +85,14 @@ class HandOver(Command):
 
 @dataclass(slots=True)
 class Later(Command):
-    """Run ``then`` after ``delay_s`` seconds and carry out the commands it returns."""
+    """Run ``then`` after ``delay_s`` seconds and carry out the commands it returns.
+
+    With ``cancel_on_close``, the timer is dropped if the session ends first.
+    """
 
     delay_s: float
     then: Callable[[], list[Command]]
+    cancel_on_close: bool = False
 
 
 @dataclass(slots=True)
@@ -131,11 +135,13 @@ class ProxyState:
         recorder: Recorder,
         directory: Directory | None = None,
         hand_over: bool = False,
+        auth_timeout: float | None = None,
     ) -> None:
         self.chain = chain
         self.recorder = recorder
         self.directory = directory or Directory()
         self.hand_over = hand_over  # authenticated connections go to the compiled plane
+        self.auth_timeout = auth_timeout  # seconds a client has to complete its handshake
         self.headers = wire.HeaderCache()  # the fast path's header facts
         self.by_name: dict[str, Session] = {}
 
@@ -217,18 +223,26 @@ class Session:
         self.close_reason = ""
         self.frames_read = 0  # frames the last event brought (the proxy's recording pace follows it)
         self.handed_over = False
+        self.bus_requested = False
         self.plane: PlaneTables | None = None  # the compiled plane, once it carries this connection
         self._injected = INJECTED_SERIAL_BASE
 
     # ------------------------------------------------------------ events: setup
     def start(self) -> list[Command]:
-        """The client has connected."""
-        return [ConnectBus()]
+        """The client has connected; the bus connection waits until the client has proved who it is."""
+        self.state.recorder.event("connect", connection=self.id, client=self.client_ep.to_json())
+        timeout = self.state.auth_timeout
+        return [Later(timeout, self.auth_expired, cancel_on_close=True)] if timeout is not None else []
+
+    def auth_expired(self) -> list[Command]:
+        """The time for the handshake is up: a client still not authenticated is closed."""
+        if self.closed or self.server_auth.done:
+            return []
+        return [Close(f"not authenticated within {self.state.auth_timeout:g} s")]
 
     def bus_connected(self, auth_uid: int, unix_fd_possible: bool) -> list[Command]:
         """Our connection to the bus is open; we authenticate on it as ``auth_uid``."""
         self.client_auth = ClientAuth(auth_uid, unix_fd=unix_fd_possible)
-        self.state.recorder.event("connect", connection=self.id, client=self.client_ep.to_json())
         return [SendToBus([self.client_auth.start()])]
 
     def bus_unreachable(self, reason: str) -> list[Command]:
@@ -254,6 +268,9 @@ class Session:
             except AuthError as exc:
                 return [*self._auth_answer(), Close(f"authentication failed: {exc}")]
             out.extend(self._auth_answer())
+            if auth.awaiting_upstream and not self.bus_requested:
+                self.bus_requested = True
+                out.append(ConnectBus())
             if not auth.done:
                 return out
             out.extend(self._authenticated())
