@@ -820,3 +820,130 @@ def test_bus_vanishing_stops_the_proxy_with_one_line(any_bus: Any, proxy_factory
         "GetId",
     ]
     time.sleep(0)  # nothing else to wait for: the process is gone
+
+
+# A client as another user: connects, says Hello, prints its unique name, then waits for stdin to close.
+AS_USER_CLIENT = r"""
+import os, re, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+uid = str(os.getuid()).encode().hex().encode()
+s.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n" + bytes.fromhex(sys.argv[2]))
+data = b""
+while not re.search(rb"(:1\.[0-9]+)\0", data):
+    chunk = s.recv(4096)
+    if not chunk:
+        sys.exit("closed before Hello was answered")
+    data += chunk
+print(re.search(rb"(:1\.[0-9]+)\0", data).group(1).decode(), flush=True)
+sys.stdin.read()
+"""
+
+
+def _driver_json(address: str, member: str, name: str) -> Any:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [
+            "busctl",
+            f"--address={address}",
+            "--json=short",
+            "call",
+            DRIVER,
+            "/org/freedesktop/DBus",
+            DRIVER,
+            member,
+            "s",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    ).stdout
+    return json.loads(out)["data"][0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root proxy and clients of other users need root")
+def test_no_proxied_client_is_reported_with_another_uid(any_bus: Any) -> None:
+    """Clients of two different non-root users at once, behind a root proxy: the bus reports each one's own uid.
+
+    Asked through the proxy (where the pid is rewritten to the client's) and
+    directly on the bus (where the pid is the per-uid helper's, a process of
+    the client's user).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from conftest import ProxyProcess
+    from ipcproxy.dbus import wire
+
+    os.chmod(any_bus.socket, 0o777)  # reachable by every user, as a real bus's socket is
+    workdir = Path(tempfile.mkdtemp(prefix="ipcproxy-uids-"))
+    os.chmod(workdir, 0o755)
+    proxy = ProxyProcess(any_bus.address, workdir)
+    hello = wire.build(
+        MessageType.METHOD_CALL,
+        serial=1,
+        path="/org/freedesktop/DBus",
+        interface=DRIVER,
+        member="Hello",
+        destination=DRIVER,
+    ).raw.hex()
+    import pwd
+
+    # two real users (dbus-daemon refuses uids without an account): nobody, and www-data or daemon
+    users = [pwd.getpwnam("nobody").pw_uid]
+    users += [u.pw_uid for u in pwd.getpwall() if u.pw_name in ("www-data", "daemon")][:1]
+    assert len(users) == 2
+    clients: dict[int, tuple[subprocess.Popen[str], str]] = {}
+    try:
+        for uid in users:
+            proc = subprocess.Popen(
+                [
+                    "setpriv",
+                    f"--reuid={uid}",
+                    f"--regid={uid}",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-I",
+                    "-S",
+                    "-c",
+                    AS_USER_CLIENT,
+                    str(proxy.socket),
+                    hello,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None
+            clients[uid] = (proc, proc.stdout.readline().strip())
+        for uid, (proc, name) in clients.items():
+            assert name.startswith(":"), name
+            for address, pid_seen in ((proxy.address, "client"), (any_bus.address, "helper")):
+                assert _driver_json(address, "GetConnectionUnixUser", name) == uid
+                creds = {k: v["data"] for k, v in _driver_json(address, "GetConnectionCredentials", name).items()}
+                assert creds["UnixUserID"] == uid
+                pid = creds["ProcessID"]
+                if pid_seen == "client":
+                    assert pid == proc.pid
+                else:
+                    assert pid != proxy.proc.pid
+                with open(f"/proc/{pid}/status") as f:
+                    uids = next(line.split()[1:] for line in f if line.startswith("Uid:"))
+                assert uids == [str(uid)] * 4  # whichever process the bus names runs wholly as the client
+    finally:
+        for proc, _name in clients.values():
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(10)
+        proxy.stop()
+    try:
+        pids = {proc.pid: uid for uid, (proc, _name) in clients.items()}
+        recorded = {r["sender"]["pid"]: r["sender"]["uid"] for r in messages(proxy.records()) if r["member"] == "Hello"}
+        assert {pid: recorded.get(pid) for pid in pids} == pids  # the trace names each client with its own uid
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
