@@ -1,4 +1,4 @@
-"""The compiled data plane (src/ipcproxy/dbus/_plane.c); everything else is declared in pyproject.toml."""
+"""The compiled parts (the D-Bus data plane, the syscall tracer's stop loop); everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +9,11 @@ setup(
             sources=["src/ipcproxy/dbus/_plane.c", "src/ipcproxy/dbus/_args.c"],
             depends=["src/ipcproxy/dbus/_args.h"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
-        )
+        ),
+        Extension(
+            "ipcproxy.syscall._tracer",
+            sources=["src/ipcproxy/syscall/_tracer.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+        ),
     ]
 )

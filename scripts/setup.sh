@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(dbus-daemon dbus-bin dbus-broker systemd xdg-dbus-proxy tshark python3-dbusmock python3-gi
-          libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc python3-dev util-linux strace procps apparmor)
+          libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc python3-dev util-linux strace procps apparmor
+          socat)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,9 +26,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.ipcproxy-installed
-# the package, and its compiled data plane, are rebuilt when their declaration or C sources change
-want=$(cat pyproject.toml setup.py src/ipcproxy/dbus/*.c src/ipcproxy/dbus/*.h | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import ipcproxy.dbus._plane" 2>/dev/null; then
+# the package and its compiled parts (the D-Bus data plane, the syscall stop loop) are rebuilt when their
+# declaration or C sources change
+want=$(cat pyproject.toml setup.py src/ipcproxy/dbus/*.c src/ipcproxy/dbus/*.h src/ipcproxy/syscall/*.c | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import ipcproxy.dbus._plane, ipcproxy.syscall._tracer" 2>/dev/null; then
     echo "setup: installing Python packages into .venv" >&2
     .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
     echo "$want" > "$stamp"

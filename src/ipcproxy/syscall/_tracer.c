@@ -1,0 +1,1004 @@
+/* The syscall transport's compiled stop loop: ptrace + a seccomp filter, nothing else.
+ *
+ * Why compiled: every traced IPC syscall costs three ptrace stops (the seccomp stop, the
+ * syscall-entry stop, the syscall-exit stop); a Python loop around them was several times
+ * slower than strace. Here one call (``Tracer.wait``) services every stop that is ready,
+ * without the GIL, and hands Python a batch of compact binary events: one per IPC syscall
+ * (or per message of sendmmsg/recvmmsg), read at syscall exit when the result is known,
+ * with the fd's inode and up to ``max_payload`` bytes of payload copied out of the tracee
+ * with process_vm_readv. Decoding, channels, attribution and records are Python's job
+ * (``ipcproxy.syscall.events``); this file makes no decision about what to record.
+ *
+ * The child installs a seccomp filter before exec: only the IPC syscalls (SYSCALLS below)
+ * return SECCOMP_RET_TRACE, everything else runs without stopping, and syscalls of a
+ * foreign architecture (a 32-bit or x32 program) are allowed, not killed.
+ *
+ * A seccomp filter cannot be removed: a program whose tracer went away gets ENOSYS from
+ * every filtered syscall. ``record = False`` therefore stops reading and reporting but
+ * keeps servicing the stops (the IPC syscalls then run as if untraced) until the programs
+ * end; ``kill_all`` ends them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define NATIVE_NAME "x86_64"
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#define NATIVE_NAME "aarch64"
+#else
+#error "the syscall tracer knows x86_64 and aarch64"
+#endif
+
+/* event kinds (ipcproxy.syscall.events mirrors them) */
+#define EV_SYSCALL 1
+#define EV_ENTRY 2 /* a write-family call entered: its bytes may reach a reader before its exit stop */
+#define EV_FORK 3
+#define EV_EXEC 4 /* args[0]: the thread that called execve, args[1]: uid; addr: comm, payload: exe */
+#define EV_EXIT 5
+
+#define FLAG_FAILED_READ 1 /* the payload could not be read (the tracee's memory went away) */
+
+#define BATCH_LIMIT (1u << 20)
+#define MAX_IOV 1024
+#define MAX_CONTROL 4096
+#define MAX_ADDR 128
+
+/* how a syscall's arguments are read at exit */
+enum shape { S_NONE, S_BUF, S_IOV, S_MSG, S_MMSG, S_PAIR, S_NEWFD, S_ADDR, S_PLAIN };
+
+typedef struct {
+    const char *name;
+    int nr;
+    enum shape shape;
+    int writes; /* 1: sends bytes (an EV_ENTRY is reported) */
+} Syscall;
+
+static const Syscall SYSCALLS[] = {
+    {"read", SYS_read, S_BUF, 0},
+    {"write", SYS_write, S_BUF, 1},
+    {"pread64", SYS_pread64, S_BUF, 0},
+    {"pwrite64", SYS_pwrite64, S_BUF, 1},
+    {"readv", SYS_readv, S_IOV, 0},
+    {"writev", SYS_writev, S_IOV, 1},
+    {"preadv", SYS_preadv, S_IOV, 0},
+    {"pwritev", SYS_pwritev, S_IOV, 1},
+    {"preadv2", SYS_preadv2, S_IOV, 0},
+    {"pwritev2", SYS_pwritev2, S_IOV, 1},
+    {"sendto", SYS_sendto, S_BUF, 1},
+    {"recvfrom", SYS_recvfrom, S_BUF, 0},
+    {"sendmsg", SYS_sendmsg, S_MSG, 1},
+    {"recvmsg", SYS_recvmsg, S_MSG, 0},
+    {"sendmmsg", SYS_sendmmsg, S_MMSG, 1},
+    {"recvmmsg", SYS_recvmmsg, S_MMSG, 0},
+#ifdef SYS_pipe
+    {"pipe", SYS_pipe, S_PAIR, 0},
+#endif
+    {"pipe2", SYS_pipe2, S_PAIR, 0},
+    {"socketpair", SYS_socketpair, S_PAIR, 0},
+    {"socket", SYS_socket, S_NEWFD, 0},
+    {"bind", SYS_bind, S_ADDR, 0},
+    {"connect", SYS_connect, S_ADDR, 0},
+#ifdef SYS_accept
+    {"accept", SYS_accept, S_NEWFD, 0},
+#endif
+    {"accept4", SYS_accept4, S_NEWFD, 0},
+    {"dup", SYS_dup, S_NEWFD, 0},
+#ifdef SYS_dup2
+    {"dup2", SYS_dup2, S_NEWFD, 0},
+#endif
+    {"dup3", SYS_dup3, S_NEWFD, 0},
+    {"fcntl", SYS_fcntl, S_NEWFD, 0},
+    {"close", SYS_close, S_PLAIN, 0},
+    {"close_range", SYS_close_range, S_PLAIN, 0},
+    {"execve", SYS_execve, S_PLAIN, 0},
+    {"execveat", SYS_execveat, S_PLAIN, 0},
+};
+#define N_SYSCALLS (sizeof(SYSCALLS) / sizeof(SYSCALLS[0]))
+
+/* One event as Python reads it (struct format in events.py); addr and payload follow, padded to 8. */
+typedef struct {
+    uint32_t size;
+    uint16_t kind;
+    uint16_t index; /* message index within sendmmsg/recvmmsg */
+    int32_t tid;
+    int32_t pid; /* thread group */
+    uint64_t ts; /* CLOCK_MONOTONIC ns: at exit (or of the event) */
+    uint64_t ts_entry;
+    int64_t nr;
+    int64_t args[6];
+    int64_t ret;
+    uint64_t ino[2]; /* inode of fds[0], fds[1] (0: none) */
+    uint64_t dev[2];
+    uint32_t mode[2];
+    int32_t fds[2];
+    uint64_t length; /* bytes this call (message) moved: the full length */
+    uint32_t nfds;   /* file descriptors passed with SCM_RIGHTS */
+    uint16_t addr_len;
+    uint16_t flags;
+    uint32_t payload_len;
+    uint32_t pad;
+    /* a socket's facts, taken while the process is stopped (once per socket, and at bind/connect/accept) */
+    int32_t domain; /* 0: not described */
+    int32_t socktype;
+    int32_t peer_pid; /* SO_PEERCRED of a unix socket's peer */
+    int32_t peer_uid;
+    uint64_t peer_ino; /* a unix socket's peer (sock_diag) */
+    uint16_t local_len;
+    uint16_t peer_len;
+    uint32_t pad2;
+} Event; /* followed by addr, local address, peer address, payload */
+
+typedef struct {
+    int32_t domain, socktype, peer_pid, peer_uid;
+    uint64_t peer_ino;
+    uint16_t local_len, peer_len;
+    unsigned char local[MAX_ADDR], peer[MAX_ADDR];
+} SockFacts;
+
+/* ------------------------------------------------------------------ tracees */
+
+typedef struct Tracee {
+    pid_t tid;
+    pid_t tgid;
+    int in_syscall; /* between its seccomp stop and its exit stop */
+    int64_t nr;
+    int64_t args[6];
+    uint64_t ts_entry;
+    struct Tracee *next;
+} Tracee;
+
+#define TABLE 4096
+#define SEEN 65536 /* socket inodes described so far (forgotten when the set fills) */
+
+typedef struct {
+    PyObject_HEAD
+    Tracee *table[TABLE];
+    size_t count;
+    unsigned max_payload;
+    int record;
+    pid_t main_pid;
+    int main_status; /* -1 until the main child ends */
+    char *buf;
+    size_t len, cap;
+    unsigned char *scratch; /* payload staging, max_payload bytes */
+    struct iovec *iov;      /* the tracee's iovecs */
+    uint64_t *seen;
+    size_t seen_count;
+    int diag; /* NETLINK_SOCK_DIAG socket */
+} Tracer;
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static const Syscall *lookup_syscall(int64_t nr) {
+    for (size_t i = 0; i < N_SYSCALLS; i++)
+        if (SYSCALLS[i].nr == nr) return &SYSCALLS[i];
+    return NULL;
+}
+
+static pid_t read_tgid(pid_t tid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", tid);
+    FILE *f = fopen(path, "re");
+    pid_t tgid = tid;
+    if (!f) return tid;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "Tgid:", 5) == 0) {
+            tgid = (pid_t)atoi(line + 5);
+            break;
+        }
+    fclose(f);
+    return tgid;
+}
+
+static Tracee *find(Tracer *t, pid_t tid) {
+    for (Tracee *e = t->table[(unsigned)tid % TABLE]; e; e = e->next)
+        if (e->tid == tid) return e;
+    return NULL;
+}
+
+static Tracee *add(Tracer *t, pid_t tid) {
+    Tracee *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->tid = tid;
+    e->tgid = read_tgid(tid);
+    e->next = t->table[(unsigned)tid % TABLE];
+    t->table[(unsigned)tid % TABLE] = e;
+    t->count++;
+    return e;
+}
+
+static void drop(Tracer *t, pid_t tid) {
+    Tracee **p = &t->table[(unsigned)tid % TABLE];
+    for (; *p; p = &(*p)->next)
+        if ((*p)->tid == tid) {
+            Tracee *e = *p;
+            *p = e->next;
+            free(e);
+            t->count--;
+            return;
+        }
+}
+
+/* ------------------------------------------------------------------ the batch */
+
+static Event *reserve(Tracer *t, size_t tail) {
+    size_t size = (sizeof(Event) + tail + 7) & ~(size_t)7;
+    if (t->len + size > t->cap) {
+        size_t cap = t->cap ? t->cap : 1u << 16;
+        while (cap < t->len + size) cap *= 2;
+        char *grown = realloc(t->buf, cap);
+        if (!grown) return NULL;
+        t->buf = grown;
+        t->cap = cap;
+    }
+    Event *ev = (Event *)(t->buf + t->len);
+    memset(ev, 0, size);
+    ev->size = (uint32_t)size;
+    t->len += size;
+    return ev;
+}
+
+static Event *simple_event(Tracer *t, int kind, Tracee *e, pid_t tid) {
+    Event *ev = reserve(t, 0);
+    if (!ev) return NULL;
+    ev->kind = (uint16_t)kind;
+    ev->tid = tid;
+    ev->pid = e ? e->tgid : tid;
+    ev->ts = now_ns();
+    ev->fds[0] = ev->fds[1] = -1;
+    return ev;
+}
+
+static void stat_fd(pid_t tid, int fd, uint64_t *ino, uint64_t *dev, uint32_t *mode) {
+    char path[64];
+    struct stat st;
+    if (fd < 0) return;
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", tid, fd);
+    if (stat(path, &st) == 0) {
+        *ino = st.st_ino;
+        *dev = st.st_dev;
+        *mode = st.st_mode;
+    }
+}
+
+static int seen_add(Tracer *t, uint64_t ino) {
+    /* 1 when ino was already there */
+    if (t->seen_count > SEEN * 3 / 4) {
+        memset(t->seen, 0, SEEN * sizeof *t->seen);
+        t->seen_count = 0;
+    }
+    size_t i = (size_t)(ino * 0x9E3779B97F4A7C15ull >> 48) % SEEN;
+    while (t->seen[i]) {
+        if (t->seen[i] == ino) return 1;
+        i = (i + 1) % SEEN;
+    }
+    t->seen[i] = ino;
+    t->seen_count++;
+    return 0;
+}
+
+/* A unix socket's peer inode, from the kernel (one exact sock_diag request). */
+static uint64_t unix_peer(Tracer *t, uint64_t ino) {
+    struct {
+        struct nlmsghdr nlh;
+        struct unix_diag_req req;
+    } msg = {0};
+    msg.nlh.nlmsg_len = sizeof msg;
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+    msg.req.sdiag_family = AF_UNIX;
+    msg.req.udiag_states = ~0u;
+    msg.req.udiag_ino = (uint32_t)ino;
+    msg.req.udiag_show = UDIAG_SHOW_PEER;
+    msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0u;
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (t->diag < 0 || sendto(t->diag, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) return 0;
+    char buf[1024];
+    ssize_t got = recv(t->diag, buf, sizeof buf, 0);
+    if (got < (ssize_t)(NLMSG_HDRLEN + sizeof(struct unix_diag_msg))) return 0;
+    struct nlmsghdr *h = (struct nlmsghdr *)buf;
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len > (size_t)got) return 0;
+    struct unix_diag_msg *m = NLMSG_DATA(h);
+    int left = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof *m);
+    for (struct rtattr *a = (struct rtattr *)(m + 1); RTA_OK(a, left); a = RTA_NEXT(a, left))
+        if (a->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(a) >= sizeof(uint32_t)) return *(uint32_t *)RTA_DATA(a);
+    return 0;
+}
+
+/* What a tracee's socket is: a copy of its fd (pidfd_getfd) is asked and closed before the tracee runs on. */
+static int describe_socket(Tracer *t, pid_t tgid, int fd, uint64_t ino, SockFacts *f) {
+    memset(f, 0, sizeof *f);
+    int pidfd = (int)syscall(SYS_pidfd_open, tgid, 0);
+    if (pidfd < 0) return 0;
+    int mine = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    close(pidfd);
+    if (mine < 0) return 0;
+    socklen_t len = sizeof f->domain;
+    getsockopt(mine, SOL_SOCKET, SO_DOMAIN, &f->domain, &len);
+    len = sizeof f->socktype;
+    getsockopt(mine, SOL_SOCKET, SO_TYPE, &f->socktype, &len);
+    len = MAX_ADDR;
+    if (getsockname(mine, (struct sockaddr *)f->local, &len) == 0) f->local_len = (uint16_t)(len < MAX_ADDR ? len : MAX_ADDR);
+    len = MAX_ADDR;
+    if (getpeername(mine, (struct sockaddr *)f->peer, &len) == 0) f->peer_len = (uint16_t)(len < MAX_ADDR ? len : MAX_ADDR);
+    f->peer_pid = f->peer_uid = -1;
+    if (f->domain == AF_UNIX) {
+        struct ucred cred;
+        len = sizeof cred;
+        if (getsockopt(mine, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0) {
+            f->peer_pid = cred.pid;
+            f->peer_uid = (int32_t)cred.uid;
+        }
+        f->peer_ino = unix_peer(t, ino);
+    }
+    close(mine);
+    seen_add(t, ino);
+    return 1;
+}
+
+static size_t sock_tail(const SockFacts *f) { return f ? (size_t)f->local_len + f->peer_len : 0; }
+
+/* Copies the socket facts into ev; their addresses go at ``tail``. */
+static void put_sock(Event *ev, const SockFacts *f, unsigned char *tail) {
+    if (!f || !f->domain) return;
+    ev->domain = f->domain;
+    ev->socktype = f->socktype;
+    ev->peer_pid = f->peer_pid;
+    ev->peer_uid = f->peer_uid;
+    ev->peer_ino = f->peer_ino;
+    ev->local_len = f->local_len;
+    ev->peer_len = f->peer_len;
+    memcpy(tail, f->local, f->local_len);
+    memcpy(tail + f->local_len, f->peer, f->peer_len);
+}
+
+static ssize_t peek(pid_t tid, void *local, uint64_t remote, size_t n) {
+    if (!remote || !n) return 0;
+    struct iovec l = {local, n}, r = {(void *)(uintptr_t)remote, n};
+    return process_vm_readv(tid, &l, 1, &r, 1, 0);
+}
+
+/* Copies up to max_payload of the first ``length`` bytes described by the tracee's iovecs. */
+static size_t gather(Tracer *t, pid_t tid, const struct iovec *remote, size_t count, uint64_t length, int *failed) {
+    size_t want = length < t->max_payload ? (size_t)length : t->max_payload;
+    if (!want) return 0;
+    struct iovec r[MAX_IOV];
+    size_t n = 0, left = want;
+    for (size_t i = 0; i < count && left && n < MAX_IOV; i++) {
+        size_t take = remote[i].iov_len < left ? remote[i].iov_len : left;
+        if (!take) continue;
+        r[n].iov_base = remote[i].iov_base;
+        r[n].iov_len = take;
+        left -= take;
+        n++;
+    }
+    struct iovec l = {t->scratch, want - left};
+    ssize_t got = process_vm_readv(tid, &l, 1, r, n, 0);
+    if (got < 0) {
+        *failed = 1;
+        return 0;
+    }
+    return (size_t)got;
+}
+
+static int count_rights(pid_t tid, uint64_t control, size_t controllen) {
+    unsigned char cbuf[MAX_CONTROL];
+    if (!control || !controllen) return 0;
+    if (controllen > MAX_CONTROL) controllen = MAX_CONTROL;
+    ssize_t got = peek(tid, cbuf, control, controllen);
+    if (got <= 0) return 0;
+    struct msghdr m = {0};
+    m.msg_control = cbuf;
+    m.msg_controllen = (size_t)got;
+    int fds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(0))
+            fds += (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    return fds;
+}
+
+/* One data event: header, address, payload. */
+static int emit_data(Tracer *t, Tracee *e, int64_t ret, unsigned index, const struct iovec *iov, size_t iovcnt,
+                     uint64_t length, const unsigned char *addr, size_t addr_len, int nfds) {
+    int failed = 0;
+    uint64_t ino = 0, dev = 0;
+    uint32_t mode = 0;
+    stat_fd(e->tid, (int)e->args[0], &ino, &dev, &mode);
+    SockFacts facts, *sock = NULL;
+    if (ret >= 0 && S_ISSOCK(mode) && !seen_add(t, ino) && describe_socket(t, e->tgid, (int)e->args[0], ino, &facts))
+        sock = &facts;
+    size_t got = gather(t, e->tid, iov, iovcnt, length, &failed);
+    if (addr_len > MAX_ADDR) addr_len = MAX_ADDR;
+    Event *ev = reserve(t, addr_len + sock_tail(sock) + got);
+    if (!ev) return -1;
+    ev->kind = EV_SYSCALL;
+    ev->index = (uint16_t)index;
+    ev->tid = e->tid;
+    ev->pid = e->tgid;
+    ev->ts = now_ns();
+    ev->ts_entry = e->ts_entry;
+    ev->nr = e->nr;
+    memcpy(ev->args, e->args, sizeof ev->args);
+    ev->ret = ret;
+    ev->fds[0] = (int32_t)e->args[0];
+    ev->fds[1] = -1;
+    ev->ino[0] = ino;
+    ev->dev[0] = dev;
+    ev->mode[0] = mode;
+    ev->length = length;
+    ev->nfds = (uint32_t)nfds;
+    ev->addr_len = (uint16_t)addr_len;
+    ev->flags = failed ? FLAG_FAILED_READ : 0;
+    ev->payload_len = (uint32_t)got;
+    unsigned char *tail = (unsigned char *)(ev + 1);
+    if (addr_len) memcpy(tail, addr, addr_len);
+    put_sock(ev, sock, tail + addr_len);
+    if (got) memcpy(tail + addr_len + sock_tail(sock), t->scratch, got);
+    return 0;
+}
+
+static size_t read_iovecs(Tracer *t, pid_t tid, uint64_t remote, uint64_t count) {
+    if (count > MAX_IOV) count = MAX_IOV;
+    ssize_t got = peek(tid, t->iov, remote, count * sizeof(struct iovec));
+    return got < 0 ? 0 : (size_t)got / sizeof(struct iovec);
+}
+
+/* A message header (sendmsg/recvmsg, one of sendmmsg/recvmmsg) moved ``length`` bytes. */
+static int emit_msghdr(Tracer *t, Tracee *e, int64_t ret, unsigned index, uint64_t hdr_at, uint64_t length) {
+    struct msghdr m;
+    unsigned char addr[MAX_ADDR];
+    size_t addr_len = 0;
+    if (peek(e->tid, &m, hdr_at, sizeof m) != (ssize_t)sizeof m) return emit_data(t, e, ret, index, NULL, 0, length, NULL, 0, 0);
+    size_t n = read_iovecs(t, e->tid, (uint64_t)(uintptr_t)m.msg_iov, m.msg_iovlen);
+    if (m.msg_name && m.msg_namelen) {
+        size_t want = m.msg_namelen < MAX_ADDR ? m.msg_namelen : MAX_ADDR;
+        ssize_t got = peek(e->tid, addr, (uint64_t)(uintptr_t)m.msg_name, want);
+        addr_len = got > 0 ? (size_t)got : 0;
+    }
+    int nfds = count_rights(e->tid, (uint64_t)(uintptr_t)m.msg_control, m.msg_controllen);
+    return emit_data(t, e, ret, index, t->iov, n, length, addr, addr_len, nfds);
+}
+
+static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
+    const Syscall *sc = lookup_syscall(e->nr);
+    int64_t *a = e->args;
+    uint64_t moved = ret > 0 ? (uint64_t)ret : 0;
+    if (!sc) return 0;
+    switch (sc->shape) {
+    case S_BUF: {
+        struct iovec one = {(void *)(uintptr_t)a[1], (size_t)moved};
+        unsigned char addr[MAX_ADDR];
+        size_t addr_len = 0;
+        if (ret >= 0 && e->nr == SYS_sendto && a[4] && a[5] > 0) {
+            ssize_t got = peek(e->tid, addr, (uint64_t)a[4], a[5] < MAX_ADDR ? (size_t)a[5] : MAX_ADDR);
+            addr_len = got > 0 ? (size_t)got : 0;
+        } else if (ret >= 0 && e->nr == SYS_recvfrom && a[4] && a[5]) {
+            socklen_t alen = 0;
+            if (peek(e->tid, &alen, (uint64_t)a[5], sizeof alen) == (ssize_t)sizeof alen && alen) {
+                ssize_t got = peek(e->tid, addr, (uint64_t)a[4], alen < MAX_ADDR ? alen : MAX_ADDR);
+                addr_len = got > 0 ? (size_t)got : 0;
+            }
+        }
+        return emit_data(t, e, ret, 0, &one, 1, moved, addr, addr_len, 0);
+    }
+    case S_IOV: {
+        size_t n = ret > 0 ? read_iovecs(t, e->tid, (uint64_t)a[1], (uint64_t)a[2]) : 0;
+        return emit_data(t, e, ret, 0, t->iov, n, moved, NULL, 0, 0);
+    }
+    case S_MSG:
+        if (ret < 0) return emit_data(t, e, ret, 0, NULL, 0, 0, NULL, 0, 0);
+        return emit_msghdr(t, e, ret, 0, (uint64_t)a[1], moved);
+    case S_MMSG:
+        if (ret <= 0) return emit_data(t, e, ret, 0, NULL, 0, 0, NULL, 0, 0);
+        for (int64_t i = 0; i < ret && i < 1024; i++) {
+            struct mmsghdr mm;
+            uint64_t at = (uint64_t)a[1] + (uint64_t)i * sizeof mm;
+            if (peek(e->tid, &mm, at, sizeof mm) != (ssize_t)sizeof mm) break;
+            if (emit_msghdr(t, e, ret, (unsigned)i, at, mm.msg_len) < 0) return -1;
+        }
+        return 0;
+    default:
+        break;
+    }
+    unsigned char addr[MAX_ADDR];
+    size_t addr_len = 0;
+    if (ret >= 0 && sc->shape == S_ADDR && a[2] > 0) {
+        ssize_t got = peek(e->tid, addr, (uint64_t)a[1], a[2] < MAX_ADDR ? (size_t)a[2] : MAX_ADDR);
+        addr_len = got > 0 ? (size_t)got : 0;
+    }
+    int fds[2] = {-1, -1};
+    uint64_t ino[2] = {0, 0}, dev[2] = {0, 0};
+    uint32_t mode[2] = {0, 0};
+    SockFacts facts, *sock = NULL;
+    if (ret >= 0 && sc->shape == S_PAIR) {
+        int pair[2];
+        uint64_t at = (uint64_t)(e->nr == SYS_socketpair ? a[3] : a[0]);
+        if (peek(e->tid, pair, at, sizeof pair) == (ssize_t)sizeof pair)
+            for (int i = 0; i < 2; i++) {
+                fds[i] = pair[i];
+                stat_fd(e->tid, pair[i], &ino[i], &dev[i], &mode[i]);
+            }
+    } else if (ret >= 0 && sc->shape == S_NEWFD) {
+        if (e->nr != SYS_fcntl || a[1] == F_DUPFD || a[1] == F_DUPFD_CLOEXEC) {
+            fds[0] = (int)ret;
+            stat_fd(e->tid, (int)ret, &ino[0], &dev[0], &mode[0]);
+        }
+    } else if (ret >= 0 && sc->shape == S_ADDR) {
+        fds[0] = (int)a[0];
+        stat_fd(e->tid, (int)a[0], &ino[0], &dev[0], &mode[0]);
+    }
+    int fresh = e->nr == SYS_bind || e->nr == SYS_connect || e->nr == SYS_accept4
+#ifdef SYS_accept
+                || e->nr == SYS_accept
+#endif
+        ; /* the socket's addresses are new: describe it again */
+    if (fds[0] >= 0 && S_ISSOCK(mode[0]) && (fresh ? 1 : !seen_add(t, ino[0])) && e->nr != SYS_socket &&
+        describe_socket(t, e->tgid, fds[0], ino[0], &facts))
+        sock = &facts;
+    Event *ev = reserve(t, addr_len + sock_tail(sock));
+    if (!ev) return -1;
+    ev->kind = EV_SYSCALL;
+    ev->tid = e->tid;
+    ev->pid = e->tgid;
+    ev->ts = now_ns();
+    ev->ts_entry = e->ts_entry;
+    ev->nr = e->nr;
+    memcpy(ev->args, a, sizeof ev->args);
+    ev->ret = ret;
+    for (int i = 0; i < 2; i++) {
+        ev->fds[i] = fds[i];
+        ev->ino[i] = ino[i];
+        ev->dev[i] = dev[i];
+        ev->mode[i] = mode[i];
+    }
+    ev->addr_len = (uint16_t)addr_len;
+    unsigned char *tail = (unsigned char *)(ev + 1);
+    if (addr_len) memcpy(tail, addr, addr_len);
+    put_sock(ev, sock, tail + addr_len);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ stops */
+
+static void resume(Tracee *e, int sig) {
+    ptrace(e->in_syscall ? PTRACE_SYSCALL : PTRACE_CONT, e->tid, 0, (void *)(intptr_t)sig);
+}
+
+/* Handles one wait status; returns -1 when out of memory. */
+static int handle(Tracer *t, pid_t tid, int status) {
+    Tracee *e = find(t, tid);
+    if (WIFEXITED(status) || WIFSIGNALED(status)) {
+        Event *ev = simple_event(t, EV_EXIT, e, tid);
+        if (!ev) return -1;
+        ev->ret = status;
+        if (tid == t->main_pid) t->main_status = status;
+        if (e) drop(t, tid);
+        return 0;
+    }
+    if (!WIFSTOPPED(status)) return 0;
+    if (!e && !(e = add(t, tid))) return -1;
+    int sig = WSTOPSIG(status);
+    int event = (unsigned)status >> 16;
+    struct __ptrace_syscall_info info;
+    if (sig == (SIGTRAP | 0x80)) {
+        long got = ptrace(PTRACE_GET_SYSCALL_INFO, tid, (void *)sizeof info, &info);
+        if (got > 0 && info.op == PTRACE_SYSCALL_INFO_EXIT && e->in_syscall) {
+            e->in_syscall = 0;
+            if (t->record && emit_exit(t, e, info.exit.rval) < 0) return -1;
+        }
+        resume(e, 0);
+        return 0;
+    }
+    if (sig == SIGTRAP && event == PTRACE_EVENT_SECCOMP) {
+        if (!t->record) { /* the call runs as if untraced */
+            e->in_syscall = 0;
+            resume(e, 0);
+            return 0;
+        }
+        long got = ptrace(PTRACE_GET_SYSCALL_INFO, tid, (void *)sizeof info, &info);
+        if (got > 0 && info.op == PTRACE_SYSCALL_INFO_SECCOMP) {
+            e->in_syscall = 1;
+            e->nr = (int64_t)info.seccomp.nr;
+            for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.seccomp.args[i];
+            e->ts_entry = now_ns();
+            const Syscall *sc = lookup_syscall(e->nr);
+            if (sc && sc->writes) {
+                Event *ev = simple_event(t, EV_ENTRY, e, tid);
+                if (!ev) return -1;
+                ev->ts = e->ts_entry;
+                ev->nr = e->nr;
+                memcpy(ev->args, e->args, sizeof ev->args);
+            }
+        }
+        resume(e, 0);
+        return 0;
+    }
+    if (sig == SIGTRAP && (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK || event == PTRACE_EVENT_CLONE)) {
+        unsigned long child = 0;
+        ptrace(PTRACE_GETEVENTMSG, tid, 0, &child);
+        Event *ev = simple_event(t, EV_FORK, e, tid);
+        if (!ev) return -1;
+        ev->nr = event;
+        ev->args[0] = (int64_t)child;
+        ev->args[1] = (int64_t)read_tgid((pid_t)child);
+        resume(e, 0);
+        return 0;
+    }
+    if (sig == SIGTRAP && event == PTRACE_EVENT_EXEC) {
+        unsigned long former = 0;
+        ptrace(PTRACE_GETEVENTMSG, tid, 0, &former);
+        if ((pid_t)former != tid) { /* a thread other than the leader exec'd: it is the leader now */
+            Tracee *old = find(t, (pid_t)former);
+            if (old) {
+                e->in_syscall = old->in_syscall;
+                e->nr = old->nr;
+                memcpy(e->args, old->args, sizeof e->args);
+                e->ts_entry = old->ts_entry;
+                drop(t, (pid_t)former);
+            }
+        }
+        /* who it is now, read while it is stopped: it may be gone before Python asks */
+        char path[64], exe[4096], comm[64];
+        struct stat st;
+        snprintf(path, sizeof path, "/proc/%d/exe", tid);
+        ssize_t exe_len = readlink(path, exe, sizeof exe);
+        if (exe_len < 0) exe_len = 0;
+        snprintf(path, sizeof path, "/proc/%d/comm", tid);
+        ssize_t comm_len = 0;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            comm_len = read(fd, comm, sizeof comm);
+            close(fd);
+            if (comm_len < 0) comm_len = 0;
+            while (comm_len > 0 && comm[comm_len - 1] == '\n') comm_len--;
+        }
+        snprintf(path, sizeof path, "/proc/%d", tid);
+        Event *ev = reserve(t, (size_t)(exe_len + comm_len));
+        if (!ev) return -1;
+        ev->kind = EV_EXEC;
+        ev->tid = tid;
+        ev->pid = e->tgid;
+        ev->ts = now_ns();
+        ev->fds[0] = ev->fds[1] = -1;
+        ev->args[0] = (int64_t)former;
+        ev->args[1] = stat(path, &st) == 0 ? (int64_t)st.st_uid : -1;
+        ev->addr_len = (uint16_t)comm_len;
+        ev->payload_len = (uint32_t)exe_len;
+        memcpy(ev + 1, comm, (size_t)comm_len);
+        memcpy((char *)(ev + 1) + comm_len, exe, (size_t)exe_len);
+        resume(e, 0);
+        return 0;
+    }
+    if (sig == SIGTRAP && event == PTRACE_EVENT_EXIT) {
+        resume(e, 0);
+        return 0;
+    }
+    if (event == PTRACE_EVENT_STOP) {
+        if (sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU)
+            ptrace(PTRACE_LISTEN, tid, 0, 0); /* group-stop: stay stopped until SIGCONT */
+        else
+            resume(e, 0); /* attached, or woken from a group-stop */
+        return 0;
+    }
+    resume(e, sig); /* a signal for the tracee: deliver it */
+    return 0;
+}
+
+/* ------------------------------------------------------------------ Python API */
+
+static int Tracer_init(Tracer *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"max_payload", NULL};
+    unsigned max_payload = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|I", kwlist, &max_payload)) return -1;
+    if (max_payload > (64u << 20)) {
+        PyErr_SetString(PyExc_ValueError, "max_payload is at most 64 MiB");
+        return -1;
+    }
+    self->max_payload = max_payload;
+    self->record = 1;
+    self->main_pid = -1;
+    self->main_status = -1;
+    free(self->scratch);
+    free(self->iov);
+    free(self->seen);
+    if (self->diag > 0) close(self->diag);
+    self->scratch = malloc(max_payload ? max_payload : 1);
+    self->iov = malloc(MAX_IOV * sizeof(struct iovec));
+    self->seen = calloc(SEEN, sizeof *self->seen);
+    self->seen_count = 0;
+    self->diag = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (!self->scratch || !self->iov || !self->seen) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Tracer_dealloc(Tracer *self) {
+    for (size_t i = 0; i < TABLE; i++)
+        while (self->table[i]) drop(self, self->table[i]->tid);
+    free(self->buf);
+    free(self->scratch);
+    free(self->iov);
+    free(self->seen);
+    if (self->diag > 0) close(self->diag);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int install_filter(void) {
+    struct sock_filter prog[N_SYSCALLS + 8];
+    size_t n = 0;
+    prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0);
+    prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* a foreign arch runs free */
+    prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#if defined(__x86_64__)
+    prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, N_SYSCALLS, 0); /* x32 */
+#endif
+    for (size_t i = 0; i < N_SYSCALLS; i++)
+        prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYSCALLS[i].nr,
+                                                 (unsigned char)(N_SYSCALLS - i), 0);
+    prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE);
+    struct sock_fprog fprog = {(unsigned short)n, prog};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) == 0) return 0;
+    if (errno != EACCES) return -1;
+    /* without CAP_SYS_ADMIN a filter needs no_new_privs (setuid programs then run unprivileged) */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog);
+}
+
+static void free_strings(char **v) {
+    if (!v) return;
+    for (char **p = v; *p; p++) free(*p);
+    free(v);
+}
+
+static char **strings(PyObject *seq, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        char *data;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(item, &data, &len) < 0 || !(v[i] = strdup(data))) {
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            free_strings(v);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    return v;
+}
+
+/* spawn(path, argv, env) -> pid: fork, attach before the child installs its filter, exec. */
+static PyObject *Tracer_spawn(Tracer *self, PyObject *args) {
+    PyObject *path_obj, *argv_obj, *env_obj;
+    if (self->main_pid > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "this tracer already runs a command");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O&OO", PyUnicode_FSConverter, &path_obj, &argv_obj, &env_obj)) return NULL;
+    char **argv = strings(argv_obj, "argv must be a sequence of bytes");
+    char **envp = argv ? strings(env_obj, "env must be a sequence of bytes") : NULL;
+    int sync[2] = {-1, -1};
+    if (!argv || !envp || pipe2(sync, O_CLOEXEC) != 0) {
+        if (!PyErr_Occurred()) PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    if (pid == 0) {
+        char go = 0;
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        signal(SIGPIPE, SIG_DFL); /* Python ignores these; the command must not inherit that */
+        signal(SIGXFSZ, SIG_DFL);
+        close(sync[1]);
+        if (read(sync[0], &go, 1) != 1 || go != 1) _exit(127);
+        if (install_filter() != 0) {
+            dprintf(2, "ipcproxy: cannot install the seccomp filter: %s\n", strerror(errno));
+            _exit(127);
+        }
+        execve(PyBytes_AS_STRING(path_obj), argv, envp);
+        dprintf(2, "ipcproxy: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(sync[0]);
+    sync[0] = -1;
+    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE |
+                PTRACE_O_TRACEEXEC | PTRACE_O_TRACEEXIT | PTRACE_O_TRACESECCOMP;
+    if (ptrace(PTRACE_SEIZE, pid, 0, (void *)opts) != 0) {
+        int err = errno;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    char go = 1;
+    if (write(sync[1], &go, 1) != 1) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        kill(pid, SIGKILL);
+        goto fail;
+    }
+    close(sync[1]);
+    self->main_pid = pid;
+    if (!add(self, pid)) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    free_strings(argv);
+    free_strings(envp);
+    Py_DECREF(path_obj);
+    return PyLong_FromLong(pid);
+fail:
+    if (sync[0] >= 0) close(sync[0]);
+    if (sync[1] >= 0) close(sync[1]);
+    free_strings(argv);
+    free_strings(envp);
+    Py_DECREF(path_obj);
+    return NULL;
+}
+
+/* wait() -> bytes | None: services stops until at least one event is ready and no stop waits
+ * (or a batch is full); None when no tracee is left. Returns early (maybe with b"") when a
+ * signal arrives, after running Python's handlers. */
+static PyObject *Tracer_wait(Tracer *self, PyObject *unused) {
+    int done = 0, interrupted = 0, nomem = 0;
+    self->len = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int block = 1;
+    while (self->len < BATCH_LIMIT) {
+        int status;
+        pid_t tid = waitpid(-1, &status, __WALL | (block ? 0 : WNOHANG));
+        if (tid == 0) {
+            if (self->len) break;
+            block = 1; /* only stops without events so far: wait for more */
+            continue;
+        }
+        if (tid < 0) {
+            if (errno == EINTR)
+                interrupted = 1;
+            else if (errno == ECHILD)
+                done = 1;
+            break;
+        }
+        block = 0;
+        if (handle(self, tid, status) < 0) {
+            nomem = 1;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) return PyErr_NoMemory();
+    if (interrupted && PyErr_CheckSignals() < 0) return NULL;
+    if (done && !self->len) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(self->buf, (Py_ssize_t)self->len);
+}
+
+/* kill_all(): SIGKILL to every traced thread group; wait() then reports their ends. */
+static PyObject *Tracer_kill_all(Tracer *self, PyObject *unused) {
+    for (size_t i = 0; i < TABLE; i++)
+        for (Tracee *e = self->table[i]; e; e = e->next) kill(e->tgid, SIGKILL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Tracer_get_record(Tracer *self, void *closure) { return PyBool_FromLong(self->record); }
+
+static int Tracer_set_record(Tracer *self, PyObject *value, void *closure) {
+    int on = value ? PyObject_IsTrue(value) : 0;
+    if (on < 0) return -1;
+    self->record = on;
+    return 0;
+}
+
+static PyObject *Tracer_get_status(Tracer *self, void *closure) {
+    if (self->main_status < 0) Py_RETURN_NONE;
+    return PyLong_FromLong(self->main_status);
+}
+
+static PyObject *Tracer_get_tracees(Tracer *self, void *closure) { return PyLong_FromSize_t(self->count); }
+
+static PyMethodDef Tracer_methods[] = {
+    {"spawn", (PyCFunction)Tracer_spawn, METH_VARARGS, "spawn(path, argv, env) -> pid: run a command traced"},
+    {"wait", (PyCFunction)Tracer_wait, METH_NOARGS, "wait() -> bytes | None: the next batch of events"},
+    {"kill_all", (PyCFunction)Tracer_kill_all, METH_NOARGS, "SIGKILL every traced process"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Tracer_getset[] = {
+    {"record", (getter)Tracer_get_record, (setter)Tracer_set_record, "report IPC syscalls (False: let them run)", NULL},
+    {"status", (getter)Tracer_get_status, NULL, "the command's wait status, None while it runs", NULL},
+    {"tracees", (getter)Tracer_get_tracees, NULL, "threads traced now", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TracerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcproxy.syscall._tracer.Tracer",
+    .tp_basicsize = sizeof(Tracer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Tracer(max_payload=4096): a command's process tree under ptrace + seccomp",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Tracer_init,
+    .tp_dealloc = (destructor)Tracer_dealloc,
+    .tp_methods = Tracer_methods,
+    .tp_getset = Tracer_getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tracer", NULL, -1, NULL, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__tracer(void) {
+    if (PyType_Ready(&TracerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *table = PyDict_New();
+    if (!table) goto fail;
+    for (size_t i = 0; i < N_SYSCALLS; i++) {
+        PyObject *nr = PyLong_FromLong(SYSCALLS[i].nr);
+        if (!nr || PyDict_SetItemString(table, SYSCALLS[i].name, nr) < 0) {
+            Py_XDECREF(nr);
+            Py_DECREF(table);
+            goto fail;
+        }
+        Py_DECREF(nr);
+    }
+    if (PyModule_AddObject(m, "SYSCALLS", table) < 0) {
+        Py_DECREF(table);
+        goto fail;
+    }
+    Py_INCREF(&TracerType);
+    if (PyModule_AddObject(m, "Tracer", (PyObject *)&TracerType) < 0) {
+        Py_DECREF(&TracerType);
+        goto fail;
+    }
+    if (PyModule_AddStringConstant(m, "ARCH", NATIVE_NAME) < 0 ||
+        PyModule_AddIntConstant(m, "EVENT_SIZE", (long)sizeof(Event)) < 0)
+        goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}
