@@ -269,3 +269,41 @@ def test_records_carry_the_payload_as_hex_and_say_when_it_was_cut(table: Channel
     assert record["payload"] == "68656c6c6f" and record["size"] == 10 and record["truncated"] is True
     assert record["transport"] == "pipe" and record["type"] == "data" and record["channel"]["inode"] == 500
     assert record["sender"]["pid"] == 11 and "consumed" not in record
+
+
+# ---------------------------------------------------------------- stats and show on data records
+
+
+def test_stats_count_a_message_once_and_pairs_by_the_writes_read() -> None:
+    from ipcproxy.trace.stats import Stats
+    from ipcproxy.trace.view import format_record
+
+    seq_ep = {"pid": 11, "exe": "/usr/bin/seq", "comm": "seq"}
+    sort_ep = {"pid": 12, "exe": "/usr/bin/sort", "comm": "sort"}
+    base = {"type": "data", "transport": "pipe", "channel": {"kind": "pipe", "inode": 5}, "syscall": "write"}
+    records = [
+        {**base, "seq": 1, "direction": "send", "sender": seq_ep, "destination": sort_ep, "size": 10},
+        {**base, "seq": 2, "direction": "recv", "sender": seq_ep, "destination": sort_ep, "size": 4, "consumed": [1]},
+        {**base, "seq": 3, "direction": "recv", "sender": seq_ep, "destination": sort_ep, "size": 6, "consumed": [1]},
+        {
+            **base,
+            "seq": 4,
+            "direction": "recv",
+            "sender": {},
+            "destination": sort_ep,
+            "size": 3,
+            "consumed": ["unknown"],
+        },
+    ]
+    stats = Stats()
+    stats.add_trace(records)
+    assert stats.messages == 2  # seq's write, and the bytes of nobody traced
+    comps = stats.components
+    assert comps["/usr/bin/seq"].counts["data"] == 1 and comps["/usr/bin/seq"].bytes == 10
+    assert comps["/usr/bin/sort"].received == 3 and comps["/usr/bin/sort"].bytes_in == 13
+    pairs = stats.pairs
+    assert pairs[("/usr/bin/seq", "/usr/bin/sort")].counts["data"] == 1  # one write, read in two pieces
+    assert pairs[("unknown", "/usr/bin/sort")].counts["data"] == 1
+    line = format_record({**records[1], "fd": 0, "payload": "310a", "truncated": True})
+    assert line.startswith("#2 ") and "pipe recv seq(11) -> sort(12) write fd=0 4 B pipe:[5] consumed=#1" in line
+    assert line.endswith("'1\\n' (truncated)")

@@ -146,6 +146,9 @@ class ChannelTable:
         self.inflight: dict[int, Key | tuple[str]] = {}  # tid -> where its write goes
         self.endpoints: dict[int, Endpoint] = {}  # pid -> who it is (from exec and fork events)
         self.not_ipc: set[Key] = set()  # inodes seen that are not channels (files, terminals)
+        self.generation = 0  # changes whenever an fd table does
+        self._holders_cache: dict[tuple[Key, bool, int], list[int]] = {}
+        self._holders_generation = -1
         self.bound_at: dict[tuple[str, str], Key] = {}  # (kind, local address) -> the socket bound there
         self.connections: dict[tuple[str, str], Key] = {}  # tcp (local, remote) -> socket
 
@@ -167,6 +170,7 @@ class ChannelTable:
             if target is not None:
                 self.inflight[ev.tid] = target
             return []
+        self.generation += 1  # a process came, went or exec'd: fd tables changed
         if kind == events.FORK:
             child, group = ev.args[0], ev.args[1]
             if group == child and group != ev.pid:  # a new process: a copy of the fd table, the same program
@@ -217,6 +221,7 @@ class ChannelTable:
     def _set_fd(self, pid: int, fd: int, key: Key, read: bool, write: bool, cloexec: bool) -> None:
         if fd >= 0 and key[1]:
             self.fds.setdefault(pid, {})[fd] = _Fd(key, read, write, cloexec)
+            self.generation += 1
 
     def _copy_fd(self, pid: int, old: int, new: int, cloexec: bool, ev: Event) -> None:
         entry = self._fd(pid, old)
@@ -227,6 +232,7 @@ class ChannelTable:
             self._set_fd(pid, new, key, True, True, cloexec)
 
     def _channel_call(self, ev: Event) -> None:
+        self.generation += 1
         name, a, pid = ev.name, ev.args, ev.pid
         if name == "close":
             self.fds.get(pid, {}).pop(a[0], None)
@@ -372,12 +378,21 @@ class ChannelTable:
         return queue
 
     def _holders(self, key: Key, reading: bool, besides: int) -> list[int]:
-        """Processes with an fd on ``key`` (its read end, for ``reading``), other than ``besides``."""
-        return [
-            pid
-            for pid, table in self.fds.items()
-            if pid != besides and any(e.key == key and (e.read or not reading) for e in table.values())
-        ]
+        """Processes with an fd on ``key`` (its read end, for ``reading``), other than ``besides``.
+
+        Remembered until an fd table changes: a message stream asks the same question again and again.
+        """
+        if self._holders_generation != self.generation:
+            self._holders_cache.clear()
+            self._holders_generation = self.generation
+        found = self._holders_cache.get((key, reading, besides))
+        if found is None:
+            found = self._holders_cache[(key, reading, besides)] = [
+                pid
+                for pid, table in self.fds.items()
+                if pid != besides and any(e.key == key and (e.read or not reading) for e in table.values())
+            ]
+        return found
 
     def _one_endpoint(self, pids: list[int]) -> Endpoint:
         return self.endpoint(pids[0]) if len(pids) == 1 else Endpoint()
@@ -399,9 +414,10 @@ class ChannelTable:
         entry = self._fd(ev.pid, fd)
         if entry is None or entry.key != key:
             self._set_fd(ev.pid, fd, key, direction == "recv", direction == "send", False)
-        else:
+        elif (direction == "recv" and not entry.read) or (direction == "send" and not entry.write):
             entry.read |= direction == "recv"
             entry.write |= direction == "send"
+            self.generation += 1
         me = self.endpoint(ev.pid)
         transfer = Transfer(
             direction=direction,

@@ -150,6 +150,13 @@ class Recorder:
             self._pending.append((seq, time.monotonic_ns(), event, fields))
         return seq
 
+    def record(self, fields: dict[str, Any], ts_ns: int) -> int:
+        """A record another transport built (the syscall tracer's ``data``): numbered and timed here."""
+        seq = self.next_seq()
+        if self.active:
+            self._pending.append((seq, ts_ns, fields))
+        return seq
+
     def _endpoint_for(self, name: str | None, client: Endpoint | None, own_side: bool) -> Endpoint:
         if name is None and own_side and client is not None:
             return client
@@ -295,6 +302,9 @@ class Recorder:
                 seq, ts, event, fields = item
                 record = records.event_record(seq=seq, ts_ns=ts, time=lines.wall(ts), event=event, **fields)
                 add(records._encode(record) + b"\n")
+            elif len(item) == 3:
+                seq, ts, fields = item
+                add(records._encode({"seq": seq, "ts": ts, "time": lines.wall(ts), **fields}) + b"\n")
             else:
                 seq, ts, message, direction, verdict, conn, client, latency, sender, destination = item
                 decoded, args_error = self._args_of(message)
@@ -370,7 +380,11 @@ class Recorder:
         wall = self._lines.wall
         for item in pending:
             n = len(item)
-            if n == 4:
+            if n == 3:
+                seq, ts, fields = item
+                record = {"seq": seq, "ts": ts, "time": wall(ts), **fields}
+                message = None
+            elif n == 4:
                 seq, ts, event, fields = item
                 record = records.event_record(seq=seq, ts_ns=ts, time=wall(ts), event=event, **fields)
                 message = None

@@ -19,6 +19,7 @@ from ..model import BUS_DRIVER_NAME, Endpoint
 from .reader import TraceError, iter_trace, read_header
 
 MESSAGE_TYPES = ("method_call", "method_return", "error", "signal")
+DATA = "data"  # a chunk of a pipe or socket (`ipcproxy trace`): counted once, by its send
 BROADCAST = "*"
 
 
@@ -92,7 +93,7 @@ def percentile(values: list[int], p: float) -> int | None:
 class Tally:
     """Counters for one component or one pair."""
 
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESSAGE_TYPES, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*MESSAGE_TYPES, DATA), 0))
     bytes: int = 0
     bytes_in: int = 0
     received: int = 0
@@ -131,6 +132,8 @@ class Stats:
     messages: int = 0
     events: int = 0
     merged_copies: int = 0
+    data: int = 0  # data records (sends and receives)
+    _delivered: set[tuple[int, int]] = field(default_factory=set)  # (trace, seq) of writes a read consumed
     _components: dict[Key, Tally] = field(default_factory=dict)
     _pairs: dict[tuple[Key, Key], Tally] = field(default_factory=dict)
     _labels: dict[Key, str] = field(default_factory=dict)
@@ -142,6 +145,9 @@ class Stats:
             kind = rec.get("type")
             if kind == "event":
                 self.events += 1
+                continue
+            if kind == DATA:
+                self._add_data(trace, rec)
                 continue
             if kind not in MESSAGE_TYPES:
                 continue
@@ -191,6 +197,37 @@ class Stats:
             for values in (src_tally.latencies, self._pairs.setdefault((dest, sender), Tally()).latencies):
                 values.append(latency)
                 notes.append((values, len(values) - 1))
+
+    def _add_data(self, trace: int, rec: dict[str, Any]) -> None:
+        """A send counts as the message; its receives add the pair (the reader knows who wrote what it read).
+
+        A pair counts each write once, however many reads took its bytes.
+
+        A receive none of whose bytes a traced write accounts for (from outside the traced tree)
+        is a message of its own.
+        """
+        self.data += 1
+        size = int(rec.get("size") or 0)
+        sender = self._key(trace, rec.get("sender"), "unknown")
+        if rec.get("direction") == "send":
+            self.messages += 1
+            tally = self._components.setdefault(sender, Tally())
+            tally.counts[DATA] += 1
+            tally.bytes += size
+            return
+        dest = self._key(trace, rec.get("destination"), "unknown")
+        consumed = rec.get("consumed") or []
+        if all(item == "unknown" for item in consumed):
+            self.messages += 1
+            self._components.setdefault(sender, Tally()).counts[DATA] += 1
+        dst_tally = self._components.setdefault(dest, Tally())
+        dst_tally.received += 1
+        dst_tally.bytes_in += size
+        fresh = [item for item in consumed if isinstance(item, int) and (trace, item) not in self._delivered]
+        self._delivered.update((trace, item) for item in fresh)
+        pair = self._pairs.setdefault((sender, dest), Tally())
+        pair.counts[DATA] += len(fresh) or int(all(item == "unknown" for item in consumed))
+        pair.bytes += size
 
     @staticmethod
     def _raise_latency(copy: dict[str, Any], notes: list[Any]) -> None:
@@ -270,12 +307,14 @@ def render_table(headers: list[str], rows: list[list[str]], right: set[int]) -> 
 def render(stats: Stats) -> str:
     out = [
         f"{stats.messages} messages, {stats.events} events in {len(stats.traces)} trace(s)"
+        + (f" ({stats.data} pipe and socket records: sends and receives)" if stats.data else "")
         + (f"; {stats.merged_copies} copies of messages recorded on both sides merged" if stats.merged_copies else "")
     ]
     out.append("")
     out.append("per component (sent by type; latency of the calls it answered)")
-    headers = ["component", "calls", "returns", "errors", "signals", "sent", "recv", "bytes out", "bytes in"]
-    headers += ["p50 ms", "p99 ms"]
+    data = stats.data > 0  # a column for pipe and socket data only when there is some
+    headers = ["component", "calls", "returns", "errors", "signals", *(["data"] if data else [])]
+    headers += ["sent", "recv", "bytes out", "bytes in", "p50 ms", "p99 ms"]
     rows = []
     for name, t in sorted(stats.components.items(), key=lambda kv: (-kv[1].sent - kv[1].received, kv[0])):
         c = t.counts
@@ -286,6 +325,7 @@ def render(stats: Stats) -> str:
                 str(c["method_return"]),
                 str(c["error"]),
                 str(c["signal"]),
+                *([str(c[DATA])] if data else []),
                 str(t.sent),
                 str(t.received),
                 _size(t.bytes),
@@ -297,7 +337,8 @@ def render(stats: Stats) -> str:
     out += render_table(headers, rows, right=set(range(1, len(headers))))
     out.append("")
     out.append("per pair sender -> destination (latency of the calls sender made to destination)")
-    headers = ["sender", "destination", "calls", "returns", "errors", "signals", "bytes", "p50 ms", "p99 ms"]
+    headers = ["sender", "destination", "calls", "returns", "errors", "signals", *(["data"] if data else [])]
+    headers += ["bytes", "p50 ms", "p99 ms"]
     rows = []
     for (s, d), t in sorted(stats.pairs.items(), key=lambda kv: (-kv[1].sent, kv[0])):
         if not t.sent:
@@ -311,6 +352,7 @@ def render(stats: Stats) -> str:
                 str(c["method_return"]),
                 str(c["error"]),
                 str(c["signal"]),
+                *([str(c[DATA])] if data else []),
                 _size(t.bytes),
                 _ms(percentile(t.latencies, 50)),
                 _ms(percentile(t.latencies, 99)),

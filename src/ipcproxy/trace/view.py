@@ -148,6 +148,59 @@ def _event_line(rec: dict[str, Any]) -> str:
     return " ".join(words)
 
 
+def process_label(ep: dict[str, Any] | None) -> str:
+    """A process endpoint (the syscall transport): ``comm(pid)``; ``?`` when nothing is known."""
+    if not ep:
+        return "?"
+    exe = ep.get("exe")
+    name = ep.get("comm") or (exe.rsplit("/", 1)[-1] if exe else None)
+    pid = ep.get("pid")
+    if pid is None:
+        return str(name) if name else "?"
+    return f"{name}({pid})" if name else f"pid {pid}"
+
+
+def channel_label(channel: dict[str, Any] | None) -> str:
+    """``pipe:[1234]``, ``fifo:/run/x``, ``unix:/run/x.sock``, ``tcp:127.0.0.1:4000->127.0.0.1:51234``."""
+    if not channel:
+        return "?"
+    kind = channel.get("kind", "?")
+    if channel.get("local"):
+        remote = f"->{channel['remote']}" if channel.get("remote") else ""
+        return f"{kind}:{channel['local']}{remote}"
+    if channel.get("path"):
+        return f"{kind}:{channel['path']}"
+    return f"{kind}:[{channel.get('inode')}]"
+
+
+def payload_preview(hex_text: str, limit: int = ARG_LIMIT) -> str:
+    """A payload as escaped text (``"1\\n2\\n"``), cut like an argument."""
+    try:
+        data = bytes.fromhex(hex_text)
+    except ValueError:
+        return "(payload is not hex)"
+    return _cut(repr(data)[1:], limit)
+
+
+def _data_line(rec: dict[str, Any], parts: list[str], color: bool, args: bool, limit: int) -> str:
+    parts.append(f"{process_label(rec.get('sender'))} -> {process_label(rec.get('destination'))}")
+    parts.append(f"{rec.get('syscall')} fd={rec.get('fd')} {rec.get('size')} B {channel_label(rec.get('channel'))}")
+    consumed = rec.get("consumed")
+    if isinstance(consumed, list):
+        parts.append("consumed=" + ",".join(f"#{c}" if isinstance(c, int) else str(c) for c in consumed))
+    if rec.get("fds"):
+        parts.append(f"fds={rec['fds']}")
+    verdict = _verdict_text(rec.get("verdict"))
+    if verdict:
+        parts.append(_paint(f"[{verdict}]", "verdict", color))
+    line = " ".join(parts)
+    if args and rec.get("payload"):
+        line += "\n    " + payload_preview(str(rec["payload"]), limit)
+        if rec.get("truncated"):
+            line += " (truncated)"
+    return line
+
+
 def format_record(
     rec: dict[str, Any], t0: int | None = None, color: bool = False, args: bool = True, limit: int = ARG_LIMIT
 ) -> str:
@@ -157,6 +210,10 @@ def format_record(
     kind = str(rec.get("type", "?"))
     if kind == "event":
         return f"{seq} {clock} {_paint('**', 'event', color)} {_event_line(rec)}"
+    if kind == "data":
+        return _data_line(
+            rec, [seq, clock, _paint(f"{rec.get('transport')} {rec.get('direction')}", kind, color)], color, args, limit
+        )
     destination = endpoint_label(rec.get("destination"))
     if destination == "*" and rec.get("destination_name"):
         destination = str(rec["destination_name"])
