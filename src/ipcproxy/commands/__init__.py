@@ -16,6 +16,7 @@ NAMES: tuple[str, ...] = (
     "proxy",
     "interpose",
     "monitor",
+    "trace",
     "show",
     "stats",
     "convert",

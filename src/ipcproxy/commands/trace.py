@@ -1,0 +1,69 @@
+"""`ipcproxy trace -- CMD`: every pipe, FIFO and socket message of CMD's process tree; exits with CMD's status."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+HELP = "run CMD and record the IPC of its whole process tree at the syscall level"
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if not 0 <= value <= 64 << 20:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {64 << 20} bytes: {value}")
+    return value
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-w", "--write", metavar="FILE", help="write the trace (JSON Lines)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print messages live")
+    p.add_argument(
+        "--max-payload",
+        type=_size,
+        default=4096,
+        metavar="N",
+        help="bytes of each message's payload to record (the full size is always recorded; default 4096)",
+    )
+    p.add_argument(
+        "--kill-on-exit",
+        action="store_true",
+        help="on SIGINT/SIGTERM end the traced programs (default: finish the trace and let them run to their end)",
+    )
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+
+def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from ..errors import InputError
+    from ..model import Endpoint
+    from ..runtime import live_printer
+    from ..syscall.procfs import SystemFacts
+    from ..syscall.tracer import SyscallTrace
+    from ..trace import records
+    from ..trace.recorder import Recorder
+    from ..trace.writer import JsonlWriter, Sink
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise InputError("trace: give the command to run after --, e.g. ipcproxy trace -- sh -c 'seq 3 | cat'")
+    if args.write and args.write.endswith((".pcap", ".pcapng")):
+        raise InputError(f"trace: {args.write}: syscall traces are JSON Lines only (pcap holds D-Bus messages)")
+    sinks: list[Sink] = []
+    if args.write:
+        try:
+            sinks.append(JsonlWriter(args.write, records.header(mode="trace", command=cmd)))
+        except OSError as exc:
+            raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
+    recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(args))
+    try:
+        tracer = SyscallTrace(
+            cmd, env, recorder, SystemFacts(), max_payload=args.max_payload, kill_on_exit=args.kill_on_exit
+        )
+        return tracer.run()
+    finally:
+        recorder.close()
