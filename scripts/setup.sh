@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything ipcproxy and its tests need; idempotent and quick when all is there.
 #   system packages (apt-get): buses, real services and clients, tshark, a C compiler and Python's headers
-#   (the compiled data plane, the benchmark's load generators)
+#   (the compiled data plane, the benchmark's load generators), socat and a 32-bit cross compiler (the
+#   syscall tracer's tests: a socket server and client, a 32-bit program the filter must let run)
 #   Python packages: into .venv, from pyproject.toml (pinned)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(dbus-daemon dbus-bin dbus-broker systemd xdg-dbus-proxy tshark python3-dbusmock python3-gi
           libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc python3-dev util-linux strace procps apparmor
-          socat)
+          socat gcc-i686-linux-gnu libc6-dev-i386-cross)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
