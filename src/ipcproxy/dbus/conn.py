@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import wire
 
@@ -28,7 +28,7 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 
-def close_fds(fds: list[int]) -> None:
+def close_fds(fds: Iterable[int]) -> None:
     """Close received fds that will not be passed on."""
     for fd in fds:
         with contextlib.suppress(OSError):

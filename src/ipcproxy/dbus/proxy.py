@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,7 +251,7 @@ class Proxy:
         if paced:
             self.after_batch(link.session.frames_read)
 
-    def _send(self, link: SessionIO, to_bus: bool, frames: list[bytes], fds: list[int]) -> None:
+    def _send(self, link: SessionIO, to_bus: bool, frames: list[bytes], fds: Sequence[int]) -> None:
         if link.on_plane:
             self.plane.send(link.session.id, to_bus, frames[0], fds or None)
             return
@@ -258,7 +259,7 @@ class Proxy:
         if out is None:  # cannot happen: nothing goes to the bus before it is connected
             close_fds(fds)
         elif fds:
-            out.write(frames[0], fds)
+            out.write(frames[0], list(fds))
         else:
             out.write_chunks(frames)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..chain import Chain, Context
@@ -47,7 +47,7 @@ class SendToClient(Command):
     """Write these frames to the client, in order; ``fds`` go with the one frame given with them."""
 
     frames: list[bytes]
-    fds: list[int] = field(default_factory=list)
+    fds: Sequence[int] = ()  # not a default_factory: one of these is made for every batch forwarded
 
 
 @dataclass(slots=True)
@@ -55,7 +55,7 @@ class SendToBus(Command):
     """Write these frames to the bus, in order; ``fds`` go with the one frame given with them."""
 
     frames: list[bytes]
-    fds: list[int] = field(default_factory=list)
+    fds: Sequence[int] = ()  # not a default_factory: one of these is made for every batch forwarded
 
 
 @dataclass(slots=True)
@@ -361,7 +361,7 @@ class Session:
                         if batch:
                             out.append(send(batch))
                             batch = []
-                        out.append(send([message.raw], message.fds))
+                        out.append(send([message.raw], message.fds or ()))
                     else:
                         batch.append(message.raw)
                     if self.held[direction]:
@@ -458,7 +458,7 @@ class Session:
         verdict = self._handle(message, direction, ts_ns, seq)
         if verdict is not None and verdict.replacement is not None:
             message = verdict.replacement  # a credentials reply rewritten (no interceptors run here)
-        return [_send(direction)([message.raw], message.fds)]
+        return [_send(direction)([message.raw], message.fds or ())]
 
     def malformed(self, side: str, reason: str, seq: int = 0) -> list[Command]:
         """A frame from ``side`` broke the protocol: only this session closes."""
@@ -577,7 +577,7 @@ class Session:
         send = _send(direction)
         while held and held[0][1] <= 0:
             message = held.pop(0)[0]
-            out.append(send([message.raw], message.fds))
+            out.append(send([message.raw], message.fds or ()))
 
     def next_injected_serial(self) -> int:
         self._injected += 1
@@ -593,13 +593,13 @@ class Session:
             message = verdict.replacement  # modified, and then also delayed, duplicated or held back
         if action in (Action.FORWARD, Action.VIOLATION, Action.MODIFY):
             target = verdict.replacement if action is Action.MODIFY and verdict.replacement else message
-            out.append(send([target.raw], target.fds))
+            out.append(send([target.raw], target.fds or ()))
             self._count_held(direction, out)
         elif action is Action.DELAY:
             late: Message = message
-            out.append(Later(verdict.delay_s, lambda: [send([late.raw], late.fds)]))
+            out.append(Later(verdict.delay_s, lambda: [send([late.raw], late.fds or ())]))
         elif action is Action.DUPLICATE:
-            out.append(send([message.raw], message.fds))
+            out.append(send([message.raw], message.fds or ()))
             for _ in range(max(0, verdict.copies - 1)):
                 out.append(send([message.raw]))
         elif action is Action.REORDER:
@@ -621,7 +621,7 @@ class Session:
         for i, candidate in enumerate(held):
             if candidate is entry:
                 del held[i]
-                return [_send(direction)([entry[0].raw], entry[0].fds)]
+                return [_send(direction)([entry[0].raw], entry[0].fds or ())]
         return []
 
     def _disconnect(self, message: Message, direction: Direction, side: str) -> Command:
