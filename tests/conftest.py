@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from ipcproxy.dbus.launcher import PrivateBus
+from ipcproxy.trace import reader
 
 ROOT = Path(__file__).resolve().parent.parent
 IPCPROXY = [sys.executable, "-m", "ipcproxy"]
@@ -29,11 +29,17 @@ def have(cmd: str) -> bool:
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a trace (header checked, then dropped)."""
-    lines = Path(path).read_text().splitlines()
-    head = json.loads(lines[0])
-    assert head["format"] == "ipcproxy-trace" and head["version"] == 1
-    return [json.loads(line) for line in lines[1:] if line.strip()]
+    """The records of a trace, as every tool sees them (header checked, then dropped)."""
+    warnings: list[str] = []
+    found = list(reader.iter_trace(str(path), warn=warnings.append))
+    assert not warnings, warnings
+    return found
+
+
+def trace_header(path: str | Path) -> dict[str, Any]:
+    """A trace's header, as every tool reads it."""
+    with open(path, "rb") as stream:
+        return reader.read_header(stream, str(path))
 
 
 def messages(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

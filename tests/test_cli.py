@@ -6,7 +6,6 @@ Usage and input errors are one line on stderr, status 2, never a traceback;
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import IPCPROXY, ROOT, read_trace
+from conftest import IPCPROXY, ROOT, read_trace, trace_header
 from ipcproxy import __version__
 from ipcproxy.cli import COMMANDS, main
 from ipcproxy.commands.status import ExitStatus
@@ -186,7 +185,7 @@ def test_run_points_the_command_at_the_proxy(tmp_path: Path) -> None:
         "run", "-q", "-w", str(trace), "--", "sh", "-c", show_env, env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="x")
     )
     session, system = r.stdout.splitlines()
-    header = json.loads(trace.read_text().splitlines()[0])
+    header = trace_header(trace)
     assert session.startswith("unix:path=") and session.endswith("/proxy.sock")
     assert session != header["bus_address"]  # the proxy, not the bus behind it
     assert system == "x"  # left alone without --system-too

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HOSTNAMED, IPCPROXY, ROOT, TIMEDATED, have, wait_for
+from conftest import HOSTNAMED, IPCPROXY, ROOT, TIMEDATED, have, trace_header, wait_for
 from ipcproxy.faults.campaign import outcome_table, read_results
 from ipcproxy.faults.outcome import OUTCOMES
 
@@ -168,7 +168,7 @@ def test_campaign_keeps_its_runs_apart_when_parallel(tmp_path: Path) -> None:
     assert {results[k]["outcome"] for k in results} == {"handled", "behaviour-shift", "no-effect"}
     buses = set()
     for k in results:
-        head = json.loads((out / f"run-{k}.jsonl").read_text().splitlines()[0])
+        head = trace_header(out / f"run-{k}.jsonl")
         buses.add(head["bus_address"])
         assert head["fault"]["name"] == results[k]["fault"]["name"]
     assert len(buses) == len(results)  # each run on its own private bus

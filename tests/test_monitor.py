@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import IPCPROXY, ROOT, CommandProcess, busctl, gdbus, messages, wait_for
+from conftest import IPCPROXY, ROOT, CommandProcess, busctl, gdbus, messages, trace_header, wait_for
 from ipcproxy.dbus import wire
 from ipcproxy.dbus.address import parse
 from ipcproxy.dbus.auth import ClientAuth
@@ -72,8 +72,8 @@ def test_monitor_records_traffic_between_others(any_bus: PrivateBus, services: A
     )
     assert mon.stop(signal.SIGINT) == 0
     recs = mon.records()
-    head = Path(mon.trace).read_text().splitlines()[0]
-    assert '"mode":"monitor"' in head and '"capture":"BecomeMonitor"' in head
+    head = trace_header(mon.trace)
+    assert head["mode"] == "monitor" and head["capture"] == "BecomeMonitor"
     events = [r["event"] for r in recs if r["type"] == "event"]
     assert events[0] == "monitor_start" and events[-1] == "monitor_stop"
     msgs = messages(recs)
@@ -249,8 +249,7 @@ def test_monitor_falls_back_to_eavesdropping_when_refused(services: Any, monitor
         busctl(b.address, "introspect", MOCK, "/org/example/Mock")
         assert mon.stop() == 0
         assert "BecomeMonitor refused" in mon.stderr() and "eavesdropping" in mon.stderr()
-        head = Path(mon.trace).read_text().splitlines()[0]
-        assert '"capture":"eavesdrop"' in head
+        assert trace_header(mon.trace)["capture"] == "eavesdrop"
         msgs = messages(mon.records())
         assert [r for r in msgs if r["member"] == "Introspect" and MOCK in r["destination"]["names"]]
         assert [r for r in msgs if r["type"] == "method_return" and r["args"] and "<interface" in str(r["args"][0])]

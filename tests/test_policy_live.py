@@ -144,7 +144,7 @@ def test_enforce_lets_the_learned_calls_through_and_denies_the_rest(bus, proxy_f
     proxy.stop()
     records = proxy.records()
     trace = Path(learned.parent / "enforced.jsonl")
-    trace.write_text(proxy.trace.read_text())
+    trace.write_bytes(proxy.trace.read_bytes())
     assert all(v == "forwarded" for v in verdicts(records, "Hello"))
     gets = verdicts(records, "Get")
     assert gets.count("forwarded") == 2

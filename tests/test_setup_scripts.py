@@ -8,7 +8,6 @@ end to end against the real services and exit 0.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_trace, trace_header
 from ipcproxy.cli import COMMANDS
 
 SCRIPTS = ROOT / "scripts"
@@ -91,9 +90,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "[objectpath '/org/freedesktop/UPower/devices/demo_battery']" in out
     assert "variant       double 42" in out
     # every message was printed live, and written
-    lines = trace.read_text().splitlines()
-    assert json.loads(lines[0])["format"] == "ipcproxy-trace"
-    records = [json.loads(line) for line in lines[1:]]
+    assert trace_header(trace)["format"] == "ipcproxy-trace"
+    records = read_trace(trace)
     live = [line for line in r.stderr.splitlines() if line.startswith("#")]
     assert len(live) == len(records)
     members = {rec.get("member") for rec in records}
