@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from conftest import busctl, dbus_send, gdbus, messages
+from conftest import busctl, dbus_send, gdbus, messages, read_trace
 from ipcproxy.dbus import plane
 
 
@@ -165,7 +165,7 @@ def test_a_trace_that_cannot_keep_up_stalls_forwarding_and_loses_nothing(bus, tm
     receiver.close()
     assert proxy.stop() == 0
     reader.join(60)
-    records = [json.loads(line) for line in copy.read_bytes().splitlines()[1:]]
+    records = read_trace(copy)
     seqs = [r["seq"] for r in records]
     assert seqs == list(range(1, len(seqs) + 1))
     big = [r for r in messages(records) if r["member"] == "Big"]
@@ -239,18 +239,41 @@ def test_a_frame_handed_to_python_as_the_proxy_closes_is_recorded_as_discarded(b
 
 # what must differ between two runs of the same workload: numbering (the service numbers its messages
 # across both runs), clocks, measured latencies, process ids
-_RUN_SPECIFIC = re.compile(rb'"(seq|ts|serial|latency_ns|pid)":\d+|"time":"[^"]*"')
+_RUN_SPECIFIC = re.compile(rb'"(seq|ts|serial|latency_ns|pid)":\d+')
 _UNIQUE_NAME = re.compile(rb":1\.\d+")
+_TEMPLATE = re.compile(rb'^\{"tpl":(\d+),')
+_USES = re.compile(rb'"tpl":(\d+)')
+_RAW_BODY = re.compile(rb',"bytes":(\d+)\}\n$')
+
+
+def _masked(line: bytes) -> bytes:
+    line = _RUN_SPECIFIC.sub(lambda m: m.group(0).split(b":")[0] + b":_", line)
+    return _UNIQUE_NAME.sub(lambda m: b":1." + b"N" * (len(m.group(0)) - 3), line)
 
 
 def _comparable_lines(path: Any) -> collections.Counter[bytes]:
-    """A trace's message lines, as bytes, with what differs from run to run masked (lengths kept)."""
-    lines = collections.Counter()
-    for line in path.read_bytes().splitlines()[1:]:
-        if b'"type":"event"' in line:
-            continue
-        line = _RUN_SPECIFIC.sub(lambda m: m.group(0).split(b":")[0] + b":_", line)
-        lines[_UNIQUE_NAME.sub(lambda m: b":1." + b"N" * (len(m.group(0)) - 3), line)] += 1
+    """A trace's message lines as bytes (each with its raw body), run-specific values masked (lengths kept).
+
+    A record names its template by a number given in order of first use; it is
+    replaced by the template's own (masked) line, so both are compared byte for byte.
+    """
+    data = path.read_bytes()
+    at = data.index(b"\n") + 1
+    templates: dict[bytes, bytes] = {}
+    lines: collections.Counter[bytes] = collections.Counter()
+    while at < len(data):
+        end = data.index(b"\n", at) + 1
+        line = data[at:end]
+        raw = _RAW_BODY.search(line)
+        if raw:
+            end += int(raw.group(1)) + 1
+            line = data[at:end]
+        at = end
+        defined = _TEMPLATE.match(line)
+        if defined:
+            templates[defined.group(1)] = _masked(line[defined.end() :])
+        elif b'"type":"event"' not in line:
+            lines[_USES.sub(lambda m: b'"tpl":' + templates[m.group(1)], _masked(line), count=1)] += 1
     return lines
 
 

@@ -1,4 +1,4 @@
-"""The recorder's fast JSON-lines encoding writes exactly what the dict path writes."""
+"""The recorder's compact trace lines read back as exactly the records the dict path builds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from ipcproxy.dbus import wire
 from ipcproxy.model import Action, Endpoint, Message, MessageType, Verdict
+from ipcproxy.trace import reader, records
 from ipcproxy.trace import recorder as recorder_module
 from ipcproxy.trace.recorder import Recorder
 from ipcproxy.trace.writer import JsonlWriter
@@ -19,7 +20,7 @@ class _Collect:
     """A sink that is not a JsonlWriter, so the recorder builds dicts."""
 
     def __init__(self, path: Path) -> None:
-        self.inner = JsonlWriter(str(path), {"format": "ipcproxy-trace", "version": 1})
+        self.inner = JsonlWriter(str(path), records.header())
 
     def write(self, record: dict[str, Any], message: Message | None) -> None:
         self.inner.write(record, message)
@@ -120,22 +121,26 @@ def _record_all(recorder: Recorder, fast_frames: bool) -> None:
 
 
 @pytest.mark.parametrize("decode_args", [True, False])
-def test_fast_lines_equal_dict_records(tmp_path: Path, decode_args: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compact_lines_read_back_as_the_dict_records(
+    tmp_path: Path, decode_args: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(recorder_module.time, "monotonic_ns", lambda: 999_000)  # events are stamped on arrival
     slow = Recorder([_Collect(tmp_path / "slow.jsonl")], _resolve, decode_args=decode_args)
-    fast = Recorder([JsonlWriter(str(tmp_path / "fast.jsonl"), {"format": "ipcproxy-trace", "version": 1})], _resolve)
+    fast = Recorder([JsonlWriter(str(tmp_path / "fast.jsonl"), records.header())], _resolve)
     fast.decode_args = decode_args
-    fast._epoch_ns = slow._epoch_ns  # noqa: SLF001 - same clock for both
-    fast._lines.epoch_ns = slow._epoch_ns  # noqa: SLF001
     _record_all(slow, fast_frames=False)
     _record_all(fast, fast_frames=True)
-    slow_bytes = (tmp_path / "slow.jsonl").read_bytes()
-    fast_bytes = (tmp_path / "fast.jsonl").read_bytes()
-    assert fast_bytes == slow_bytes
-    lines = [json.loads(line) for line in fast_bytes.splitlines()[1:]]
-    assert [r["seq"] for r in lines] == list(range(1, 8))
+    full = [json.loads(line) for line in (tmp_path / "slow.jsonl").read_bytes().splitlines()[1:]]
+    compact = (tmp_path / "fast.jsonl").read_bytes()
+    read = list(reader.iter_trace(str(tmp_path / "fast.jsonl")))
+    assert read == full
+    assert [list(r) for r in read] == [list(r) for r in full]  # the documented field order, too
+    assert [r["seq"] for r in read] == list(range(1, 8))
     if decode_args:
-        assert lines[1]["args"] == [(bytes(range(256)) * 70).hex()]
+        assert read[1]["args"] == [(bytes(range(256)) * 70).hex()]
+        assert bytes(range(256)) * 70 in compact  # raw, once
+        assert compact.count(b'"tpl":') == 2 * 5  # each message: a template of its own, then its record
+        assert len(compact) < len((tmp_path / "slow.jsonl").read_bytes()) / 1.8  # hex took twice the room
 
 
 def test_header_cache_masks_only_the_reply_serial() -> None:

@@ -178,7 +178,7 @@ def test_show_renders_messages_events_args_latency_and_verdicts(
 ) -> None:
     status, out, err = run_cli(["show", str(trace)], capsys)
     assert status == 0, err
-    assert out.startswith(f"# {trace}: trace v1")
+    assert out.startswith(f"# {trace}: trace v2")
     assert "** connect connection=" in out and "** disconnect" in out
     assert "method_call busctl(" in out and "member=Get" in out
     assert 'string "Hostname"' in out  # arguments typed from the signature

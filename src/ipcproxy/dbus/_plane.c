@@ -9,8 +9,9 @@
  * other frame (the first of each header, anything from or to the bus driver, frames with
  * fds, malformed ones) goes to the Python side (``on_frame``), which parses it strictly,
  * records it, sends it through ``send`` and may teach the plane its header (``learn``).
- * Records are encoded into JSON lines in bulk (``encode``), in seq order with the records
- * the Python side made, which take their numbers from the same counter (``next_seq``).
+ * Records are encoded into compact trace lines in bulk (``encode``), in seq order with the
+ * records the Python side made, which take their numbers from the same counter
+ * (``next_seq``) and which ``encode`` asks Python for where their numbers fall.
  *
  * Forwarding runs on a thread of its own, blocked in epoll_wait without the GIL, so a
  * frame with a known header crosses the proxy without waking Python at all. Everything
@@ -50,6 +51,7 @@
 #define KIND_NONE 0
 #define KIND_BYTES 1
 #define KIND_OTHER 2
+#define BIG_BODY 16384 /* raw bodies this long go out as a chunk of their own (records.BIG_BODY) */
 
 /* ------------------------------------------------------------------ header cache */
 
@@ -69,10 +71,7 @@ typedef struct Head {
     char *sender_c, *dest_c; /* the same names in UTF-8 (NULL for None), for the forwarding thread */
     PyObject *sender;      /* str or None: whom the endpoints are resolved for */
     PyObject *destination; /* str or None */
-    PyObject *frag_head;   /* bytes: ,"transport":"dbus","type":"..." */
-    PyObject *frag_mid;    /* bytes: ,"path":...,"args": */
-    PyObject *frag_tail;   /* bytes: ,"fds":0,"flags":N,"verdict":"forwarded" */
-    PyObject *frag_dname;  /* bytes: ,"destination_name":"..." or empty */
+    PyObject *facts;       /* what the recorder makes the records' template of (handed back to it) */
 } Head;
 
 #define HEAD_BUCKETS 8192
@@ -108,10 +107,7 @@ static void head_release(Head *h) {
     free(h->dest_c);
     Py_XDECREF(h->sender);
     Py_XDECREF(h->destination);
-    Py_XDECREF(h->frag_head);
-    Py_XDECREF(h->frag_mid);
-    Py_XDECREF(h->frag_tail);
-    Py_XDECREF(h->frag_dname);
+    Py_XDECREF(h->facts);
     free(h);
 }
 
@@ -330,7 +326,6 @@ typedef struct {
     int closed;
     int record;
     int decode_args;
-    int64_t epoch_ns;
     uint64_t seq;
     Head *heads[HEAD_BUCKETS];
     size_t nheads;
@@ -1275,9 +1270,9 @@ static PyObject *plane_learn(Plane *pl, PyObject *args) {
     Py_buffer key, sig;
     long reply_at, body_at;
     int kind, mtype, no_reply;
-    PyObject *sender, *destination, *fh, *fm, *ft, *fd;
-    if (!PyArg_ParseTuple(args, "y*llpiiOOy*SSSS", &key, &reply_at, &body_at, &no_reply, &kind, &mtype, &sender,
-                          &destination, &sig, &fh, &fm, &ft, &fd))
+    PyObject *sender, *destination, *facts;
+    if (!PyArg_ParseTuple(args, "y*llpiiOOy*O", &key, &reply_at, &body_at, &no_reply, &kind, &mtype, &sender,
+                          &destination, &sig, &facts))
         return NULL;
     PyObject *result = NULL;
     const char *sender_c = sender == Py_None ? NULL : PyUnicode_AsUTF8(sender);
@@ -1339,10 +1334,7 @@ static PyObject *plane_learn(Plane *pl, PyObject *args) {
     hd->no_reply = no_reply;
     hd->sender = Py_NewRef(sender);
     hd->destination = Py_NewRef(destination);
-    hd->frag_head = Py_NewRef(fh);
-    hd->frag_mid = Py_NewRef(fm);
-    hd->frag_tail = Py_NewRef(ft);
-    hd->frag_dname = Py_NewRef(fd);
+    hd->facts = Py_NewRef(facts);
     hd->next = pl->heads[h % HEAD_BUCKETS];
     pl->heads[h % HEAD_BUCKETS] = hd;
     pl->nheads++;
@@ -1393,7 +1385,8 @@ typedef struct {
     Head *head;
     PyObject *client_ep;
     int to_bus;
-    PyObject *sender_json, *dest_json;
+    long conn;
+    unsigned long long tpl; /* 0: empty slot */
 } Memo;
 
 #define MEMO_SLOTS 1024
@@ -1413,10 +1406,32 @@ static int flush_chunk(jbuf *b, PyObject *out) {
     return rc;
 }
 
+/* Append what a callback returned: one bytes object (empty: nothing) or a list of them. */
+static int append_returned(jbuf *b, PyObject *out, PyObject *got) {
+    if (PyBytes_Check(got)) return PyBytes_GET_SIZE(got) ? put_bytes(b, got) : 0;
+    if (!PyList_Check(got)) {
+        PyErr_SetString(PyExc_TypeError, "expected bytes or a list of bytes");
+        return -1;
+    }
+    if (flush_chunk(b, out) < 0) return -1;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(got); k++)
+        if (PyList_Append(out, PyList_GET_ITEM(got, k)) < 0) return -1;
+    return 0;
+}
+
+/* Our turn for one of Python's records (its number comes next): ``ours()`` encodes it. */
+static int encode_theirs(jbuf *b, PyObject *out, PyObject *ours) {
+    PyObject *got = PyObject_CallNoArgs(ours);
+    if (!got) return -1;
+    int rc = append_returned(b, out, got);
+    Py_DECREF(got);
+    return rc;
+}
+
 static PyObject *plane_encode(Plane *pl, PyObject *args) {
-    PyObject *bounds, *endpoints;
+    PyObject *bounds, *templates, *ours;
     Py_ssize_t slice = 1 << 20;
-    if (!PyArg_ParseTuple(args, "OO|n", &bounds, &endpoints, &slice)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO|n", &bounds, &templates, &ours, &slice)) return NULL;
     PyObject *fast = PySequence_Fast(bounds, "bounds must be a sequence");
     if (!fast) return NULL;
     Py_ssize_t nb = PySequence_Fast_GET_SIZE(fast), bi = 0;
@@ -1430,8 +1445,6 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
         pl->out = (jbuf){NULL, 0, 0};
         pl->encoding = 1;
     }
-    char second_text[32];
-    int64_t last_second = INT64_MIN;
     /* take the queued records out; forwarding goes on queueing new ones meanwhile */
     pthread_mutex_lock(&pl->mu);
     size_t i = 0, n = pl->nrecs;
@@ -1474,77 +1487,68 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
             unsigned long long bseq = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, bi));
             if (PyErr_Occurred()) goto fail;
             if (bseq > r->seq) break;
-            if (flush_chunk(&b, out) < 0 || PyList_Append(out, Py_None) < 0) goto fail;
+            if (encode_theirs(&b, out, ours) < 0) goto fail;
             bi++;
         }
         Head *hd = r->head;
         PyObject *client_ep = r->owner->client_ep;
         size_t slot = (((uintptr_t)hd >> 4) ^ ((uintptr_t)client_ep >> 4) * 31 ^ r->to_bus) & (MEMO_SLOTS - 1);
         Memo *m = &memo[slot];
-        if (m->head != hd || m->client_ep != client_ep || m->to_bus != r->to_bus || !m->sender_json) {
-            PyObject *res = PyObject_CallFunction(endpoints, "OOOO", client_ep, r->to_bus ? Py_True : Py_False,
-                                                  hd->sender, hd->destination);
+        if (m->head != hd || m->client_ep != client_ep || m->to_bus != r->to_bus || m->conn != r->conn || !m->tpl) {
+            /* records.Templates numbers the template and, if it is new, gives its definition line */
+            PyObject *res = PyObject_CallFunction(templates, "OOOl", hd->facts, client_ep,
+                                                  r->to_bus ? Py_True : Py_False, r->conn);
             if (!res) goto fail;
-            PyObject *sj, *dj;
-            if (!PyArg_ParseTuple(res, "SS", &sj, &dj)) {
+            unsigned long long tpl;
+            PyObject *definition;
+            if (!PyArg_ParseTuple(res, "KS", &tpl, &definition) || put_bytes(&b, definition) < 0) {
                 Py_DECREF(res);
                 goto fail;
             }
-            Py_XDECREF(m->sender_json);
-            Py_XDECREF(m->dest_json);
-            m->sender_json = Py_NewRef(sj);
-            m->dest_json = Py_NewRef(dj);
+            Py_DECREF(res);
             m->head = hd;
             m->client_ep = client_ep;
             m->to_bus = r->to_bus;
-            Py_DECREF(res);
+            m->conn = r->conn;
+            m->tpl = tpl;
         }
-        int64_t wall = pl->epoch_ns + r->ts;
-        int64_t second = wall / 1000000000LL, ns = wall % 1000000000LL;
-        if (second != last_second) {
-            time_t t = (time_t)second;
-            struct tm tm;
-            gmtime_r(&t, &tm);
-            strftime(second_text, sizeof second_text, "%Y-%m-%dT%H:%M:%S", &tm);
-            last_second = second;
-        }
-        char usec[16];
-        snprintf(usec, sizeof usec, ".%06d", (int)(ns / 1000) % 1000000);
+        /* the bytes of records.compact() */
         if (put(&b, "{\"seq\":", 7) < 0 || put_u64(&b, r->seq) < 0 || put(&b, ",\"ts\":", 6) < 0 ||
-            put_i64(&b, r->ts) < 0 || put(&b, ",\"time\":\"", 9) < 0 || put(&b, second_text, strlen(second_text)) < 0 ||
-            put(&b, usec, 7) < 0 || put(&b, "Z\"", 2) < 0 || put_bytes(&b, hd->frag_head) < 0 ||
+            put_i64(&b, r->ts) < 0 || put(&b, ",\"tpl\":", 7) < 0 || put_u64(&b, m->tpl) < 0 ||
             put(&b, ",\"serial\":", 10) < 0 || put_u64(&b, r->serial) < 0 || put(&b, ",\"reply_serial\":", 16) < 0)
             goto nomem;
         if (hd->reply_at >= 0 ? put_u64(&b, r->reply_serial) : put(&b, "null", 4)) goto nomem;
-        if (put(&b, ",\"sender\":", 10) < 0 || put_bytes(&b, m->sender_json) < 0 ||
-            put(&b, ",\"destination\":", 15) < 0 || put_bytes(&b, m->dest_json) < 0 || put_bytes(&b, hd->frag_mid) < 0)
-            goto nomem;
+        if (put(&b, ",\"size\":", 8) < 0 || put_u64(&b, r->size) < 0) goto nomem;
+        if (r->latency >= 0 && (put(&b, ",\"latency_ns\":", 14) < 0 || put_i64(&b, r->latency) < 0)) goto nomem;
         if (hd->kind == KIND_BYTES && pl->decode_args) {
-            if (put(&b, "[\"", 2) < 0 || jbuf_reserve(&b, r->len * 2) < 0) goto nomem;
-            hex_encode(b.p + b.len, arena + r->off, r->len);
-            b.len += r->len * 2;
-            if (put(&b, "\"]", 2) < 0) goto nomem;
+            /* the raw bytes follow the line, then a newline; large ones as a chunk of their own */
+            if (put(&b, ",\"bytes\":", 9) < 0 || put_u64(&b, r->len) < 0 || put(&b, "}\n", 2) < 0) goto nomem;
+            if (r->len >= BIG_BODY) {
+                PyObject *body = PyBytes_FromStringAndSize((const char *)arena + r->off, (Py_ssize_t)r->len);
+                if (!body || flush_chunk(&b, out) < 0 || PyList_Append(out, body) < 0) {
+                    Py_XDECREF(body);
+                    goto fail;
+                }
+                Py_DECREF(body);
+            } else if (put(&b, arena + r->off, r->len) < 0) {
+                goto nomem;
+            }
+            if (put(&b, "\n", 1) < 0) goto nomem;
         } else if (hd->kind == KIND_OTHER && pl->decode_args) {
-            if (put(&b, arena + r->off, r->len) < 0) goto nomem;
-        } else if (put(&b, "[]", 2) < 0) {
+            if (put(&b, ",\"args\":", 8) < 0 || put(&b, arena + r->off, r->len) < 0 || put(&b, "}\n", 2) < 0)
+                goto nomem;
+        } else if (put(&b, "}\n", 2) < 0) {
             goto nomem;
         }
-        if (put(&b, ",\"size\":", 8) < 0 || put_u64(&b, r->size) < 0 || put_bytes(&b, hd->frag_tail) < 0 ||
-            put(&b, r->to_bus ? ",\"direction\":\"to_bus\",\"connection\":" : ",\"direction\":\"from_bus\",\"connection\":",
-                r->to_bus ? 35 : 37) < 0 ||
-            put_i64(&b, r->conn) < 0 || put_bytes(&b, hd->frag_dname) < 0)
-            goto nomem;
-        if (r->latency >= 0 && (put(&b, ",\"latency_ns\":", 14) < 0 || put_i64(&b, r->latency) < 0)) goto nomem;
-        if (put(&b, "}\n", 2) < 0) goto nomem;
         if (b.len >= (size_t)slice && flush_chunk(&b, out) < 0) goto fail;
     }
-    if (flush_chunk(&b, out) < 0) goto fail;
     for (; bi < nb; bi++) {
         unsigned long long bseq = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, bi));
         if (PyErr_Occurred()) goto fail;
         if (bseq >= watermark) break;
-        if (PyList_Append(out, Py_None) < 0) goto fail;
+        if (encode_theirs(&b, out, ours) < 0) goto fail;
     }
+    if (flush_chunk(&b, out) < 0) goto fail;
     {
         PyObject *res = Py_BuildValue("(NKn)", out, (unsigned long long)watermark, (Py_ssize_t)n);
         out = res;
@@ -1583,13 +1587,7 @@ cleanup:
     } else {
         free(b.p);
     }
-    if (memo) {
-        for (size_t k = 0; k < MEMO_SLOTS; k++) {
-            Py_XDECREF(memo[k].sender_json);
-            Py_XDECREF(memo[k].dest_json);
-        }
-        free(memo);
-    }
+    free(memo);
     Py_DECREF(fast);
     return out;
 }
@@ -1654,10 +1652,9 @@ static PyObject *plane_get_compiled(Plane *pl, void *Py_UNUSED(c)) { return PyLo
 static PyObject *plane_get_handed(Plane *pl, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(pl->n_handed); }
 
 static int plane_init(Plane *pl, PyObject *args, PyObject *kw) {
-    static char *names[] = {"epoch_ns", "record", "decode_args", NULL};
-    long long epoch;
+    static char *names[] = {"record", "decode_args", NULL};
     int record = 1, decode = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|pp", names, &epoch, &record, &decode)) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pp", names, &record, &decode)) return -1;
     if (pl->epfd >= 0) {
         PyErr_SetString(PyExc_RuntimeError, "a plane is initialised once");
         return -1;
@@ -1676,7 +1673,6 @@ static int plane_init(Plane *pl, PyObject *args, PyObject *kw) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    pl->epoch_ns = epoch;
     pl->record = record;
     pl->decode_args = decode;
     int rc = pthread_create(&pl->thread, NULL, forward_loop, pl);

@@ -4,8 +4,8 @@ The plane forwards a frame without Python only when a frame with the same
 header bytes (serials aside) was parsed strictly before; this module turns such
 a parsed message into the plane's cache entry: the header's key bytes, where
 the reply serial and the body sit, how the body is checked and recorded, and
-the constant JSON fragments of its trace records (the same bytes
-``records.FrameFormat`` writes).
+the facts its records' template is made of (``records.Shape``), which the plane
+hands back to the recorder when it encodes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from ..model import BUS_DRIVER_NAME, Message
-from ..trace.records import _TYPE_NAMES, _encode, header_fields_json
+from ..trace.records import Shape
 from . import wire
 
 _plane: Any
@@ -61,12 +61,6 @@ def entry_for(message: Message) -> tuple[Any, ...] | None:
         kind = KIND_BYTES
     else:
         kind = KIND_OTHER
-    e = _encode
-    frag_head = b',"transport":"dbus","type":' + e(_TYPE_NAMES[int(message.type)])
-    fields = header_fields_json(message.path, message.interface, message.member, message.error_name, signature)
-    frag_mid = b"," + fields + b',"args":'
-    frag_tail = b',"fds":0,"flags":%d,"verdict":"forwarded"' % message.flags
-    frag_dname = b',"destination_name":' + e(message.destination) if message.destination is not None else b""
     return (
         key,
         reply_at,
@@ -77,8 +71,5 @@ def entry_for(message: Message) -> tuple[Any, ...] | None:
         message.sender,
         message.destination,
         signature.encode(),
-        frag_head,
-        frag_mid,
-        frag_tail,
-        frag_dname,
+        (Shape.of(message), message.sender),
     )

@@ -139,7 +139,6 @@ class Proxy:
         self.plane: Any = None
         if USE_PLANE and plane_entries.available() and not chain.interceptors and recorder.takes_lines:
             self.plane = plane_entries.new_plane(
-                epoch_ns=recorder.epoch_ns,
                 record=recorder.active,
                 decode_args=recorder.decode_args,
             )

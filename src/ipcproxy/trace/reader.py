@@ -1,4 +1,10 @@
-"""Reading traces: header check, version upgrade, tolerant of a truncated last record."""
+"""Reading traces: header check, version upgrade, tolerant of a truncated last record.
+
+Every tool reads traces through here and sees full records (the fields of
+docs/trace-format.md, decoded arguments included), whatever the file's version:
+version 2's templates and raw bodies are expanded (``Expander``), version 1's
+records are upgraded (``UPGRADES``).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +24,47 @@ class TraceError(ValueError):
     """The file is not a trace this version can read."""
 
 
+def _v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 line is a full record, which version 2 left as it was (it added compact lines only)."""
+    return record
+
+
 # version -> converter to version+1; old files stay readable through these.
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+class Expander:
+    """Turns the lines of one version-2 trace into full records: templates are kept, compact records filled in."""
+
+    def __init__(self, head: dict[str, Any]) -> None:
+        epoch = head.get("epoch_ns")
+        self.epoch_ns = epoch if isinstance(epoch, int) else 0
+        self.templates: dict[int, dict[str, Any]] = {}
+
+    def line(self, line: dict[str, Any]) -> dict[str, Any] | None:
+        """The full record of a line, or None for a template definition (kept for the records after it)."""
+        number = line.get("tpl")
+        if number is None:
+            return line  # a full record (events, and what tools write)
+        if "seq" not in line:
+            self.templates[number] = line
+            return None
+        template = self.templates.get(number)
+        if template is None:
+            raise ValueError(f"template {number} is not defined before it is used")
+        merged = {**template, **line}
+        merged.pop("tpl")
+        merged.setdefault("time", records.wall_time(self.epoch_ns, line["ts"]))
+        merged.setdefault("args", [])
+        return _in_field_order(merged)
+
+
+def _in_field_order(record: dict[str, Any]) -> dict[str, Any]:
+    ordered = {key: record[key] for key in records.FIELD_ORDER if key in record}
+    if len(ordered) != len(record):
+        ordered.update((key, value) for key, value in record.items() if key not in ordered)
+    return ordered
+
 
 _decoder = msgspec.json.Decoder()
 FOLLOW_POLL = 0.1  # seconds between looks at a followed trace that has not grown
@@ -148,17 +193,13 @@ def _records(
     if on_header is not None:
         on_header(head)
     version = head["version"]
+    expander = Expander(head) if version >= 2 else None
     lineno = 1
     pending = b""
     while True:
-        line = stream.readline()
-        if not line:
-            if not follow:
-                return
-            if _rewritten(stream, path, first):
-                return
-            time.sleep(FOLLOW_POLL)
-            continue
+        line = _read_line(stream, path, follow, first)
+        if line is None:
+            return
         if not line.endswith(b"\n"):
             if follow:
                 pending += line
@@ -173,9 +214,48 @@ def _records(
         except msgspec.DecodeError:
             warn(f"{path}: line {lineno} is not valid JSON; skipped")
             continue
-        if version != records.VERSION:
+        if expander is not None and isinstance(record, dict):
+            size = record.pop("bytes", None)
+            if isinstance(size, int) and "seq" in record:  # the record's ay argument follows, raw
+                body = _read_exact(stream, path, follow, first, size + 1)
+                if body is None:
+                    return
+                if len(body) < size + 1 or body[-1:] != b"\n":
+                    warn(f"{path}: the bytes after line {lineno} are truncated; read up to line {lineno - 1}")
+                    return
+                record["args"] = [body[:-1].hex()]
+            try:
+                record = expander.line(record)
+            except ValueError as exc:
+                warn(f"{path}: line {lineno}: {exc}; skipped")
+                continue
+            if record is None:
+                continue
+        elif version != records.VERSION:
             record = _upgrade(record, version)
         yield record
+
+
+def _read_line(stream: IO[bytes], path: str, follow: bool, header: bytes) -> bytes | None:
+    """The next line (maybe partial); None at the end (when following: once the file was rewritten)."""
+    while True:
+        line = stream.readline()
+        if line:
+            return line
+        if not follow or _rewritten(stream, path, header):
+            return None
+        time.sleep(FOLLOW_POLL)
+
+
+def _read_exact(stream: IO[bytes], path: str, follow: bool, header: bytes, size: int) -> bytes | None:
+    """``size`` bytes (fewer at the end of a file not followed); None when a followed file was rewritten."""
+    data = stream.read(size)
+    while follow and len(data) < size:
+        if _rewritten(stream, path, header):
+            return None
+        time.sleep(FOLLOW_POLL)
+        data += stream.read(size - len(data))
+    return data
 
 
 def _wait_for_header(stream: IO[bytes], path: str) -> bytes | None:

@@ -3,14 +3,13 @@
 The proxy calls ``message``/``frame``/``event`` as it handles traffic (cheap:
 it only queues) and ``encode``/``flush`` once a batch has been forwarded;
 decoding arguments, resolving endpoints and encoding happen there, off the
-forwarding path. When every sink is a JSON Lines writer and nobody watches
-live, records go straight to JSON lines from pre-encoded fragments
-(``records.LineEncoder``); otherwise each record is built as a dict first.
+forwarding path. Trace files get compact lines (``records.compact``, each
+naming a template of what its kind of message shares); only a live view and
+pcap sinks get each record built as a dict.
 """
 
 from __future__ import annotations
 
-import binascii
 import struct
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from .writer import Sink
 LiveView = Callable[[dict[str, Any]], None]
 
 _SERIAL = {ord("l"): struct.Struct("<I").unpack_from, ord("B"): struct.Struct(">I").unpack_from}
-_BIG_ARGS = 16384  # encoded arguments this long are written as a chunk of their own, not copied into the line
 WRITE_SLICE = 256 * 1024  # ``flush`` writes each time this much of such arguments is encoded
 
 
@@ -46,9 +44,9 @@ class Recorder:
         self.written = 0
         self._pending: list[tuple[Any, ...]] = []
         self.backlog_bytes = 0  # frame bytes held by the fast path's pending records
-        self._epoch_ns = time.time_ns() - time.monotonic_ns()
+        self._epoch_ns = records.EPOCH_NS  # the trace's header carries it: compact records have no time
         self._lines = records.LineEncoder(self._epoch_ns)
-        self._formats: dict[tuple[Any, ...], records.FrameFormat] = {}
+        self._templates = records.Templates()
         self._plane: Any = None  # the proxy's compiled plane: its records interleave with ours
 
     @property
@@ -197,6 +195,7 @@ class Recorder:
 
         With ``write_every``, the sinks are flushed each time that many bytes are
         encoded: large arguments are then written while still in the CPU's cache.
+        Trace files get compact lines; a live view and pcap sinks get record dicts.
         """
         plane = self._plane
         if plane is not None:  # every record goes through it: it knows which may be written yet
@@ -210,94 +209,80 @@ class Recorder:
             return
         pending, self._pending = self._pending, []
         self.backlog_bytes = 0
-        if self.live is None and self.sinks and all(_takes_lines(sink) for sink in self.sinks):
-            self._encode_lines(pending, write_every)
-        else:
-            self._encode_records(pending)
+        line_sinks = [sink for sink in self.sinks if _takes_lines(sink)]
+        other_sinks = [sink for sink in self.sinks if not _takes_lines(sink)]
+        if line_sinks:
+            self._encode_lines(pending, line_sinks, write_every)
+        if other_sinks or self.live is not None:
+            self._encode_records(pending, other_sinks)
+        self.written += len(pending)
 
-    # -- every sink writes JSON lines: encode from fragments
-    def _frame_format(
-        self, head: wire.Header, direction: str, conn: int | None, client: Endpoint | None
-    ) -> records.FrameFormat:
-        sender_json, dest_json = self._encoded_endpoints(client, direction == "to_bus", head.sender, head.destination)
-        hex_args = self.decode_args and head.body == wire.BODY_BYTES
-        key = (head, direction, conn, sender_json, dest_json, hex_args)
-        found = self._formats.get(key)
-        if found is None:
-            if len(self._formats) > 8192:
-                self._formats.clear()
-            found = self._formats[key] = records.FrameFormat(
-                int(head.type),
-                head.path,
-                head.interface,
-                head.member,
-                head.error_name,
-                head.destination,
-                head.signature,
-                head.flags,
-                head.reply_at >= 0,
-                hex_args,
-                sender_json,
-                dest_json,
-                direction,
-                conn,
-            )
-        return found
+    # -- trace files: compact lines from templates (records.Templates, records.compact)
+    def _template(
+        self,
+        shape: records.Shape,
+        sender: Endpoint,
+        destination: Endpoint,
+        verdict: str | None,
+        direction: str,
+        conn: int | None,
+        add: Callable[[bytes], Any],
+    ) -> int:
+        """The number of a record's template; a new template's definition goes out first."""
+        endpoint = self._lines.endpoint
+        number, definition = self._templates.number(
+            shape, endpoint(sender), endpoint(destination), verdict, direction, conn
+        )
+        if definition:
+            add(definition)
+        return number
 
-    def _encode_lines(self, pending: list[tuple[Any, ...]], write_every: int = 0) -> None:
+    def _encode_lines(self, pending: list[tuple[Any, ...]], sinks: list[Sink], write_every: int = 0) -> None:
         lines = self._lines
-        endpoint = lines.endpoint
         decode = self.decode_args
         chunks: list[bytes] = []
         add = chunks.append
-        hexlify = binascii.hexlify
+        compact = records.compact
         body_bytes = wire.BODY_BYTES
-        # Endpoints are resolved once per batch for each kind of frame on each connection:
+        # Templates are looked up once per batch for each kind of frame on each connection:
         # the directory does not change while a batch is encoded.
-        memo: dict[tuple[Any, ...], records.FrameFormat] = {}
-        epoch = lines.epoch_ns
-        last_second = -1
-        second_text = b""
+        memo: dict[tuple[Any, ...], int] = {}
         big = 0  # bytes of large arguments encoded since the last write
         for item in pending:
             if len(item) == 8:  # a frame of the fast path
                 seq, ts, raw, head, direction, conn, client, latency = item
                 key = (head, direction, conn, id(client))
-                fmt = memo.get(key)
-                if fmt is None:
-                    fmt = memo[key] = self._frame_format(head, direction, conn, client)
-                second, ns = divmod(epoch + ts, 1_000_000_000)
-                if second != last_second:
-                    last_second = second
-                    second_text = lines.second_text(second)
+                template = memo.get(key)
+                if template is None:
+                    to_bus = direction == "to_bus"
+                    template = memo[key] = self._template(
+                        _shape_of_head(head),
+                        self._endpoint_for(head.sender, client, to_bus),
+                        self._endpoint_for(head.destination, client, not to_bus),
+                        "forwarded",
+                        direction,
+                        conn,
+                        add,
+                    )
                 unpack = _SERIAL[raw[0]]
-                values: tuple[Any, ...]
-                if fmt.has_reply_serial:
-                    values = (seq, ts, second_text, ns // 1000, unpack(raw, 8)[0], unpack(raw, head.reply_at)[0])
-                else:
-                    values = (seq, ts, second_text, ns // 1000, unpack(raw, 8)[0])
+                reply_serial = unpack(raw, head.reply_at)[0] if head.reply_at >= 0 else None
+                serial = unpack(raw, 8)[0]
                 if decode and head.body == body_bytes:
-                    hexed = hexlify(memoryview(raw)[head.body_at + 4 :])
-                    if len(hexed) > _BIG_ARGS:  # a chunk of its own: no copy into the line
-                        add(fmt.prefix % values + b'["')
-                        add(hexed)
-                        if latency is None:
-                            add(b'"]' + fmt.suffix % len(raw))
-                        else:
-                            add(b'"]' + fmt.suffix_latency % (len(raw), latency))
-                        big += len(hexed)
+                    body = memoryview(raw)[head.body_at + 4 :]
+                    line = compact(seq, ts, template, serial, reply_serial, len(raw), latency, body=len(body))
+                    if len(body) >= records.BIG_BODY:  # a chunk of its own: no copy into the line
+                        add(line)
+                        add(body)  # type: ignore[arg-type] # writev takes any buffer
+                        add(b"\n")
+                        big += len(body)
                         if write_every and big >= write_every:
-                            self._hand_over(chunks, write=True)
+                            self._hand_over(chunks, sinks, write=True)
                             chunks.clear()
                             big = 0
-                        continue
-                    values += (hexed, len(raw))
-                else:
-                    values += (len(raw),)
-                if latency is None:
-                    add(fmt.line % values)
-                else:
-                    add(fmt.line_latency % (*values, latency))
+                    else:
+                        add(line + body + b"\n")
+                else:  # no body (the header cache takes only "" and "ay"), or arguments not recorded
+                    add(compact(seq, ts, template, serial, reply_serial, len(raw), latency))
             elif len(item) == 4:
                 seq, ts, event, fields = item
                 record = records.event_record(seq=seq, ts_ns=ts, time=lines.wall(ts), event=event, **fields)
@@ -308,75 +293,79 @@ class Recorder:
             else:
                 seq, ts, message, direction, verdict, conn, client, latency, sender, destination = item
                 decoded, args_error = self._args_of(message)
-                args = b"[]" if decoded is None else records._encode(decoded)
                 sender, destination = self._endpoints_of(message, client, direction, sender, destination)
-                shape = lines.shape_of(message, conn is not None)
-                values = (seq, ts, lines.time(ts), message.serial)
-                if message.reply_serial is not None:
-                    values += (message.reply_serial,)
-                values += (endpoint(sender), endpoint(destination))
-                tail_values: tuple[Any, ...] = (len(message.raw), lines.verdict(verdict), lines.string(direction))
-                if conn is not None:
-                    tail_values += (conn,)
-                tail_values += (lines.tail(latency, args_error),)
-                if len(args) > _BIG_ARGS:
-                    add(shape.head_fmt % values)
-                    add(args)
-                    add(shape.tail_fmt % tail_values)
+                plain = verdict if isinstance(verdict, str) else None
+                template = self._template(records.Shape.of(message), sender, destination, plain, direction, conn, add)
+                own_verdict = None if plain is not None else lines.verdict(verdict)
+                fixed = (seq, ts, template, message.serial, message.reply_serial, len(message.raw), latency)
+                if decoded is not None and message.signature == "ay" and isinstance(message.args[0], bytes):
+                    array: bytes = message.args[0]
+                    add(compact(*fixed, own_verdict, args_error, body=len(array)))
+                    add(array)
+                    add(b"\n")
                 else:
-                    add(shape.head_fmt % values + args + shape.tail_fmt % tail_values)
-        self.written += len(pending)
-        self._hand_over(chunks, write=False)
+                    args = None if decoded is None else records._encode(decoded)
+                    add(compact(*fixed, own_verdict, args_error, args))
+        self._hand_over(chunks, sinks, write=False)
 
     def _encode_with_plane(self, pending: list[tuple[Any, ...]], write_every: int) -> None:
         """The plane's records, with ours (messages it left to Python, events) where their numbers fall."""
         pending.sort(key=_first)  # a frame numbered on arrival may be recorded after later events
+        ours = iter(pending)
+
+        def encode_ours() -> list[bytes]:
+            """Our next record, encoded where it falls among the plane's (templates stay defined before use)."""
+            chunks: list[bytes] = []
+            self._encode_lines([next(ours)], [_Collector(chunks)])  # type: ignore[list-item]
+            return chunks
+
         pieces, watermark, plane_records = self._plane.encode(
-            [item[0] for item in pending], self._encoded_endpoints, WRITE_SLICE
+            [item[0] for item in pending], self._plane_template, encode_ours, WRITE_SLICE
         )
-        # records numbered from a frame Python has not recorded yet on wait with the plane's
+        # records numbered from a frame Python has not recorded yet wait with the plane's
         held = [item for item in pending if item[0] >= watermark]
         if held:
             self._pending[:0] = held
-            pending = pending[: len(pending) - len(held)]
-        ours = iter(pending)
         chunks: list[bytes] = []
         encoded = 0
         for piece in pieces:
-            if piece is None:
-                self._hand_over(chunks, write=False)
-                chunks = []
-                self._encode_lines([next(ours)])
-                continue
             chunks.append(piece)
             encoded += len(piece)
             if write_every and encoded >= write_every:
-                self._hand_over(chunks, write=True)
+                self._hand_over(chunks, self.sinks, write=True)
                 chunks = []
                 encoded = 0
-        self._hand_over(chunks, write=False)
-        self.written += plane_records
+        self._hand_over(chunks, self.sinks, write=False)
+        self.written += plane_records + len(pending) - len(held)
 
-    def _encoded_endpoints(
-        self, client: Endpoint | None, to_bus: bool, sender_name: str | None, destination_name: str | None
-    ) -> tuple[bytes, bytes]:
-        """Sender and destination of a forwarded frame, encoded; a missing name on our client's side is our client."""
+    def _plane_template(
+        self, facts: tuple[records.Shape, str | None], client: Endpoint | None, to_bus: bool, conn: int
+    ) -> tuple[int, bytes]:
+        """For the plane: the template of a forwarded frame, and its definition if it is new.
+
+        A missing name on our client's side is our client.
+        """
+        shape, sender_name = facts
         endpoint = self._lines.endpoint
-        return (
+        return self._templates.number(
+            shape,
             endpoint(self._endpoint_for(sender_name, client, to_bus)),
-            endpoint(self._endpoint_for(destination_name, client, not to_bus)),
+            endpoint(self._endpoint_for(shape.destination, client, not to_bus)),
+            "forwarded",
+            "to_bus" if to_bus else "from_bus",
+            conn,
         )
 
-    def _hand_over(self, chunks: list[bytes], write: bool) -> None:
-        for writer in self.sinks:
+    def _hand_over(self, chunks: list[bytes], sinks: list[Sink], write: bool) -> None:
+        for writer in sinks:
             write_bytes: Any = writer.write_bytes  # type: ignore[attr-defined]
             for chunk in chunks:
                 write_bytes(chunk)
             if write:
                 writer.flush()
 
-    # -- some sink wants record dicts (pcap, a live view)
-    def _encode_records(self, pending: list[tuple[Any, ...]]) -> None:
+    # -- a live view and pcap sinks want record dicts
+    def _encode_records(self, pending: list[tuple[Any, ...]], sinks: list[Sink]) -> None:
         wall = self._lines.wall
         for item in pending:
             n = len(item)
@@ -412,11 +401,10 @@ class Recorder:
                     args=args,
                     args_error=args_error,
                 )
-            for sink in self.sinks:
+            for sink in sinks:
                 sink.write(record, message)
             if self.live is not None:
                 self.live(record)
-            self.written += 1
 
     def close(self) -> None:
         self.flush()
@@ -427,6 +415,31 @@ class Recorder:
 
 def _first(item: tuple[Any, ...]) -> Any:
     return item[0]
+
+
+def _shape_of_head(head: wire.Header) -> records.Shape:
+    return records.Shape(
+        "dbus",
+        int(head.type),
+        head.path,
+        head.interface,
+        head.member,
+        head.error_name,
+        head.destination,
+        head.signature,
+        0,
+        head.flags,
+    )
+
+
+class _Collector:
+    """A stand-in line sink that keeps the chunks handed to it (the plane places them)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.write_bytes = chunks.append
+
+    def flush(self) -> None:
+        pass
 
 
 def _takes_lines(sink: Sink) -> bool:

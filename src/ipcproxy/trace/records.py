@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any
+import time as _time
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -13,7 +14,9 @@ from .. import __version__
 from ..model import Endpoint, Message, MessageType, Verdict
 
 FORMAT = "ipcproxy-trace"
-VERSION = 1
+VERSION = 2
+# wall clock minus monotonic clock, once per process: a compact record's time is EPOCH_NS + its ts
+EPOCH_NS = _time.time_ns() - _time.monotonic_ns()
 
 
 def header(**extra: Any) -> dict[str, Any]:
@@ -24,12 +27,15 @@ def header(**extra: Any) -> dict[str, Any]:
         "host": socket.gethostname(),
         "tool": f"ipcproxy {__version__}",
         "pid": os.getpid(),
+        "epoch_ns": EPOCH_NS,
         **extra,
     }
 
 
 def iso_now(ts: float | None = None) -> str:
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC) if ts else datetime.datetime.now(datetime.UTC)
+    moment = (
+        datetime.datetime.fromtimestamp(ts, datetime.UTC) if ts is not None else datetime.datetime.now(datetime.UTC)
+    )
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -85,92 +91,200 @@ def event_record(*, seq: int, ts_ns: int, time: str, event: str, **fields: Any) 
     return {"seq": seq, "ts": ts_ns, "time": time, "type": "event", "event": event, **fields}
 
 
-# ---------------------------------------------------------------- fast encoding
+# ---------------------------------------------------------------- compact encoding (version 2)
 #
-# The proxy records every message it forwards, so building a dict per record and
-# encoding it is a large share of its CPU. ``LineEncoder`` writes the same JSON
-# line, byte for byte, from pre-encoded fragments: what depends only on the
-# header (path, interface, member, ...) is encoded once per distinct header,
-# each endpoint once per distinct state, the wall-clock prefix once per second.
+# The proxy records every message it forwards, so what a record costs to encode
+# and to write is a large share of its work. A version-2 trace therefore writes
+# what is constant for a kind of message (header facts, endpoints, direction,
+# connection) once, as a template line, and each message as a compact record
+# naming its template; the bytes of an ``ay`` argument follow their record raw
+# instead of as hex. ``Templates`` and ``compact`` are the one encoder of these
+# lines; the compiled plane (``_plane.c``) writes the same bytes, and the reader
+# (``reader.py``) turns them back into full records.
 
 _ENCODER = msgspec.json.Encoder()
 _encode = _ENCODER.encode
+
+# the order of a full record's fields (what readers hand out, and version 1 wrote)
+FIELD_ORDER = (
+    "seq",
+    "ts",
+    "time",
+    "transport",
+    "type",
+    "serial",
+    "reply_serial",
+    "sender",
+    "destination",
+    "path",
+    "interface",
+    "member",
+    "error_name",
+    "signature",
+    "args",
+    "size",
+    "fds",
+    "flags",
+    "verdict",
+    "direction",
+    "connection",
+    "destination_name",
+    "latency_ns",
+    "args_error",
+)
+BIG_BODY = 16384  # raw bodies this long are handed to the writer as a chunk of their own, not copied into the line
+
+
+class Shape(NamedTuple):
+    """What a message's header says that is the same for every message of its kind."""
+
+    transport: str
+    mtype: int
+    path: str | None
+    interface: str | None
+    member: str | None
+    error_name: str | None
+    destination: str | None  # the DESTINATION field (``destination_name``)
+    signature: str
+    fds: int
+    flags: int
+
+    @classmethod
+    def of(cls, message: Message) -> Shape:
+        return cls(
+            message.transport,
+            int(message.type),
+            message.path,
+            message.interface,
+            message.member,
+            message.error_name,
+            message.destination,
+            message.signature,
+            message.unix_fds,
+            message.flags,
+        )
+
+
 _TYPE_NAMES = {t.value: t.wire_name for t in MessageType}
 
 
-def header_fields_json(
-    path: str | None, interface: str | None, member: str | None, error_name: str | None, signature: str
+def template_line(
+    number: int,
+    shape: Shape,
+    sender: bytes,
+    destination: bytes,
+    verdict: str | None,
+    direction: str,
+    connection: int | None,
 ) -> bytes:
-    """``"path":…,"interface":…,"member":…,"error_name":…,"signature":…``: the same run in every message record."""
+    """A template definition: ``{"tpl":N,...}`` with every field its records share, in record order."""
     e = _encode
-    return (
-        b'"path":'
-        + e(path)
+    line = (
+        b'{"tpl":%d,"transport":' % number
+        + e(shape.transport)
+        + b',"type":'
+        + e(_TYPE_NAMES[shape.mtype])
+        + b',"sender":'
+        + sender
+        + b',"destination":'
+        + destination
+        + b',"path":'
+        + e(shape.path)
         + b',"interface":'
-        + e(interface)
+        + e(shape.interface)
         + b',"member":'
-        + e(member)
+        + e(shape.member)
         + b',"error_name":'
-        + e(error_name)
+        + e(shape.error_name)
         + b',"signature":'
-        + e(signature)
+        + e(shape.signature)
+        + b',"fds":%d,"flags":%d' % (shape.fds, shape.flags)
     )
+    if verdict is not None:
+        line += b',"verdict":' + e(verdict)
+    line += (
+        b',"direction":' + e(direction) + b',"connection":' + (b"null" if connection is None else b"%d" % connection)
+    )
+    if shape.destination is not None:
+        line += b',"destination_name":' + e(shape.destination)
+    return line + b"}\n"
 
 
-def _fmt_const(data: bytes) -> bytes:
-    """A constant JSON fragment made safe to embed in a %-format."""
-    return data.replace(b"%", b"%%")
+class Templates:
+    """The templates defined so far in one trace, by what they hold; numbers are never reused."""
 
+    LIMIT = 8192
 
-class RecordShape:
-    """The fragments of a message record that depend only on header facts."""
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[Any, ...], int] = {}
+        self._next = 1
 
-    __slots__ = ("head_fmt", "tail_fmt")
-
-    def __init__(
+    def number(
         self,
-        transport: str,
-        mtype: int,
-        path: str | None,
-        interface: str | None,
-        member: str | None,
-        error_name: str | None,
-        destination: str | None,
-        signature: str,
-        unix_fds: int,
-        flags: int,
-        has_reply_serial: bool,
-        has_connection: bool,
-    ) -> None:
-        e = _encode
-        self.head_fmt = (
-            b'{"seq":%d,"ts":%d,"time":"%b","transport":'
-            + _fmt_const(e(transport))
-            + b',"type":'
-            + _fmt_const(e(_TYPE_NAMES[mtype]))
-            + (b',"serial":%d,"reply_serial":%d' if has_reply_serial else b',"serial":%d,"reply_serial":null')
-            + b',"sender":%b,"destination":%b,'
-            + _fmt_const(header_fields_json(path, interface, member, error_name, signature))
-            + b',"args":'
-        )
-        self.tail_fmt = (
-            b',"size":%d,"fds":'
-            + b"%d" % unix_fds
-            + b',"flags":'
-            + b"%d" % flags
-            + b',"verdict":%b,"direction":%b,"connection":'
-            + (b"%d" if has_connection else b"null")
-            + (_fmt_const(b',"destination_name":' + e(destination)) if destination is not None else b"")
-            + b"%b}\n"
-        )
+        shape: Shape,
+        sender: bytes,
+        destination: bytes,
+        verdict: str | None,
+        direction: str,
+        connection: int | None,
+    ) -> tuple[int, bytes]:
+        """The template's number, and its definition line if it is new (write it before the record)."""
+        key = (shape, sender, destination, verdict, direction, connection)
+        found = self._numbers.get(key)
+        if found is not None:
+            return found, b""
+        if len(self._numbers) >= self.LIMIT:
+            self._numbers.clear()
+        number = self._numbers[key] = self._next
+        self._next += 1
+        return number, template_line(number, shape, sender, destination, verdict, direction, connection)
+
+
+def compact(
+    seq: int,
+    ts: int,
+    template: int,
+    serial: int,
+    reply_serial: int | None,
+    size: int,
+    latency_ns: int | None = None,
+    verdict: bytes | None = None,
+    args_error: str | None = None,
+    args: bytes | None = None,
+    body: int | None = None,
+) -> bytes:
+    """A compact record line; with ``body``, the caller writes that many raw bytes and a newline after it.
+
+    ``verdict`` is the encoded verdict of a message whose template holds none;
+    ``args`` the encoded argument list (absent: ``[]``); ``body`` the length of
+    the raw ``ay`` argument (args are then that argument, as hex).
+    """
+    line = b'{"seq":%d,"ts":%d,"tpl":%d,"serial":%d,"reply_serial":%b,"size":%d' % (
+        seq,
+        ts,
+        template,
+        serial,
+        b"null" if reply_serial is None else b"%d" % reply_serial,
+        size,
+    )
+    if latency_ns is not None:
+        line += b',"latency_ns":%d' % latency_ns
+    if verdict is not None:
+        line += b',"verdict":' + verdict
+    if args_error is not None:
+        line += b',"args_error":' + _encode(args_error)
+    if body is not None:
+        return line + b',"bytes":%d}\n' % body
+    if args is not None:
+        line += b',"args":' + args
+    return line + b"}\n"
 
 
 class LineEncoder:
-    """Caches for encoding message records as JSON lines without building dicts."""
+    """Caches for encoding records: endpoints and small values once per distinct value, wall-clock seconds."""
 
     def __init__(self, epoch_ns: int) -> None:
         self.epoch_ns = epoch_ns
-        self._shapes: dict[tuple[Any, ...], RecordShape] = {}
         self._endpoints: dict[tuple[Any, ...], bytes] = {}
         self._strings: dict[Any, bytes] = {}
         self._second = -1
@@ -212,58 +326,6 @@ class LineEncoder:
             found = self._strings[value] = _encode(value)
         return found
 
-    def shape(
-        self,
-        transport: str,
-        mtype: int,
-        path: str | None,
-        interface: str | None,
-        member: str | None,
-        error_name: str | None,
-        destination: str | None,
-        signature: str,
-        unix_fds: int,
-        flags: int,
-        has_reply_serial: bool,
-        has_connection: bool,
-    ) -> RecordShape:
-        key = (
-            transport,
-            mtype,
-            path,
-            interface,
-            member,
-            error_name,
-            destination,
-            signature,
-            unix_fds,
-            flags,
-            has_reply_serial,
-            has_connection,
-        )
-        found = self._shapes.get(key)
-        if found is None:
-            if len(self._shapes) > 8192:
-                self._shapes.clear()
-            found = self._shapes[key] = RecordShape(*key)
-        return found
-
-    def shape_of(self, message: Message, has_connection: bool) -> RecordShape:
-        return self.shape(
-            message.transport,
-            int(message.type),
-            message.path,
-            message.interface,
-            message.member,
-            message.error_name,
-            message.destination,
-            message.signature,
-            message.unix_fds,
-            message.flags,
-            message.reply_serial is not None,
-            has_connection,
-        )
-
     def verdict(self, verdict: Verdict | str | dict[str, Any]) -> bytes:
         if isinstance(verdict, str):
             return self.string(verdict)
@@ -271,72 +333,8 @@ class LineEncoder:
             return _encode(verdict.to_json())
         return _encode(verdict)
 
-    @staticmethod
-    def tail(latency_ns: int | None, args_error: str | None) -> bytes:
-        if latency_ns is None and args_error is None:
-            return b""
-        out = b""
-        if latency_ns is not None:
-            out = b',"latency_ns":%d' % latency_ns
-        if args_error is not None:
-            out += b',"args_error":' + _encode(args_error)
-        return out
 
-
-class FrameFormat:
-    """Everything constant in the records of one kind of forwarded frame on one connection.
-
-    Sender, destination, direction, connection and the header facts are baked
-    in; what is left per record is seq, ts, time, serials, arguments, size and
-    latency. ``body`` says how arguments go in: none (``[]``), or one hex string.
-    """
-
-    __slots__ = ("has_reply_serial", "line", "line_latency", "prefix", "suffix", "suffix_latency")
-
-    def __init__(
-        self,
-        mtype: int,
-        path: str | None,
-        interface: str | None,
-        member: str | None,
-        error_name: str | None,
-        destination_name: str | None,
-        signature: str,
-        flags: int,
-        has_reply_serial: bool,
-        hex_args: bool,
-        sender: bytes,
-        destination: bytes,
-        direction: str,
-        connection: int | None,
-    ) -> None:
-        e = _encode
-        self.has_reply_serial = has_reply_serial
-        self.prefix = (
-            b'{"seq":%d,"ts":%d,"time":"%b.%06dZ","transport":"dbus","type":'
-            + _fmt_const(e(_TYPE_NAMES[mtype]))
-            + (b',"serial":%d,"reply_serial":%d' if has_reply_serial else b',"serial":%d,"reply_serial":null')
-            + _fmt_const(
-                b',"sender":'
-                + sender
-                + b',"destination":'
-                + destination
-                + b","
-                + header_fields_json(path, interface, member, error_name, signature)
-                + b',"args":'
-            )
-        )
-        rest = _fmt_const(
-            b',"fds":0,"flags":'
-            + b"%d" % flags
-            + b',"verdict":"forwarded","direction":'
-            + e(direction)
-            + b',"connection":'
-            + (b"null" if connection is None else b"%d" % connection)
-            + (b',"destination_name":' + e(destination_name) if destination_name is not None else b"")
-        )
-        self.suffix = b',"size":%d' + rest + b"}\n"
-        self.suffix_latency = b',"size":%d' + rest + b',"latency_ns":%d}\n'
-        args = b'["%b"]' if hex_args else b"[]"
-        self.line = self.prefix + args + self.suffix
-        self.line_latency = self.prefix + args + self.suffix_latency
+def wall_time(epoch_ns: int, ts_ns: int) -> str:
+    """``time`` of a record from its ``ts`` and its trace's ``epoch_ns`` (what ``LineEncoder.time`` writes)."""
+    second, ns = divmod(epoch_ns + ts_ns, 1_000_000_000)
+    return f"{iso_now(float(second))[:-8]}.{ns // 1000:06d}Z"
