@@ -281,6 +281,7 @@ typedef struct {
     long conn;
     uint8_t to_bus;
     size_t off, len; /* arguments in the arena: raw array bytes (ay) or JSON (other) */
+    unsigned char *block; /* instead, a large ay body in a block of its own (handed to Python as is) */
 } Rec;
 
 typedef struct {
@@ -334,6 +335,7 @@ typedef struct {
     size_t nrecs, caprecs;
     unsigned char *arena;
     size_t arena_len, arena_cap;
+    size_t block_bytes; /* bytes in the queued records' own blocks: they count like the arena's */
     Conn *dead; /* closed: freed by a call holding the GIL, once no record or stale event names them */
     unsigned long long n_compiled, n_handed; /* frames forwarded here alone / handed to Python */
 } Plane;
@@ -655,6 +657,9 @@ static void take_spares(Plane *pl) {
     }
 }
 
+/* Argument bytes queued for records and not yet encoded. */
+static inline size_t unwritten(const Plane *pl) { return pl->arena_len + pl->block_bytes; }
+
 static int arena_reserve(Plane *pl, size_t extra) {
     take_spares(pl);
     if (pl->arena_cap - pl->arena_len >= extra) return 0;
@@ -760,14 +765,26 @@ static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned
         if (t >= 0) latency = now - t;
     }
     if (!pl->record) return 0;
+    unsigned char *block = NULL;
     if (hd->kind == KIND_BYTES && pl->decode_args) {
         len = total - (size_t)hd->body_at - 4;
-        if (arena_reserve(pl, len) < 0) return 1;
-        memcpy(pl->arena + pl->arena_len, f + hd->body_at + 4, len);
-        pl->arena_len += len;
+        if (len >= BIG_BODY) { /* copied once here, then written from this block: no copy into a bytes object */
+            block = malloc(len);
+            if (!block) return 1;
+            memcpy(block, f + hd->body_at + 4, len);
+        } else {
+            if (arena_reserve(pl, len) < 0) return 1;
+            memcpy(pl->arena + pl->arena_len, f + hd->body_at + 4, len);
+            pl->arena_len += len;
+        }
     }
     Rec *r = rec_new(pl);
-    if (!r) return 1;
+    if (!r) {
+        free(block);
+        return 1;
+    }
+    r->block = block;
+    if (block) pl->block_bytes += len;
     r->seq = ++pl->seq;
     r->ts = now;
     r->latency = latency;
@@ -782,9 +799,9 @@ static int record_frame(Plane *pl, Conn *c, int to_bus, Head *hd, const unsigned
     r->to_bus = (uint8_t)to_bus;
     r->off = off;
     r->len = len;
-    if (!pl->records_signalled || (pl->arena_len >= ARENA_SIGNAL && !pl->big_signalled)) {
+    if (!pl->records_signalled || (unwritten(pl) >= ARENA_SIGNAL && !pl->big_signalled)) {
         pl->records_signalled = 1;
-        if (pl->arena_len >= ARENA_SIGNAL) pl->big_signalled = 1;
+        if (unwritten(pl) >= ARENA_SIGNAL) pl->big_signalled = 1;
         pl->woken = 0; /* a new reason to wake Python */
         wake_python(pl);
     }
@@ -977,9 +994,9 @@ static void *forward_loop(void *arg) {
         int n = epoll_wait(pl->epfd, evs, 128, -1);
         if (n < 0 && errno != EINTR) break;
         pthread_mutex_lock(&pl->mu);
-        if (!pl->stop && pl->arena_len > ARENA_LIMIT) {
+        if (!pl->stop && unwritten(pl) > ARENA_LIMIT) {
             int64_t since = monotonic_ns();
-            while (!pl->stop && pl->arena_len > ARENA_LIMIT) pthread_cond_wait(&pl->drained, &pl->mu);
+            while (!pl->stop && unwritten(pl) > ARENA_LIMIT) pthread_cond_wait(&pl->drained, &pl->mu);
             push_event(pl, EV_STALLED, 0, 0, NULL, 0, monotonic_ns() - since, NULL);
         }
         if (pl->stop) {
@@ -1348,6 +1365,46 @@ done:
 
 /* -- encoding */
 
+/* A large body's block, handed to the trace writer as a buffer (writev takes it as is) and freed with it. */
+typedef struct {
+    PyObject_HEAD
+    unsigned char *data;
+    size_t len;
+} Block;
+
+static void block_dealloc(Block *b) {
+    free(b->data);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static int block_getbuffer(Block *b, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->data, (Py_ssize_t)b->len, 1, flags);
+}
+
+static Py_ssize_t block_length(Block *b) { return (Py_ssize_t)b->len; }
+
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
+static PySequenceMethods block_as_sequence = {.sq_length = (lenfunc)block_length};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcproxy.dbus._plane.Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_as_sequence = &block_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "the raw bytes of a large argument, owned until written",
+};
+
+/* A Block owning ``data`` (NULL on failure: the caller still owns it). */
+static PyObject *block_wrap(unsigned char *data, size_t len) {
+    Block *b = PyObject_New(Block, &BlockType);
+    if (!b) return NULL;
+    b->data = data;
+    b->len = len;
+    return (PyObject *)b;
+}
+
 static inline int put(jbuf *b, const void *p, size_t n) {
     if (b->cap - b->len < n && jbuf_reserve(b, n) < 0) return -1;
     memcpy(b->p + b->len, p, n);
@@ -1455,6 +1512,7 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
     pl->nrecs = pl->caprecs = 0;
     pl->arena = NULL;
     pl->arena_len = pl->arena_cap = 0;
+    pl->block_bytes = 0;
     /* records numbered after a frame Python still holds wait for it (and for the next encode) */
     uint64_t watermark = UINT64_MAX;
     for (size_t k = 0; k < pl->nreserved; k++)
@@ -1471,6 +1529,11 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
                 break;
             }
             *kept = recs[k];
+            if (recs[k].block) { /* the block moves with its record */
+                recs[k].block = NULL;
+                pl->block_bytes += kept->len;
+                continue;
+            }
             memcpy(pl->arena + off, arena + recs[k].off, recs[k].len);
             kept->off = off;
             pl->arena_len += recs[k].len;
@@ -1523,8 +1586,9 @@ static PyObject *plane_encode(Plane *pl, PyObject *args) {
         if (hd->kind == KIND_BYTES && pl->decode_args) {
             /* the raw bytes follow the line, then a newline; large ones as a chunk of their own */
             if (put(&b, ",\"bytes\":", 9) < 0 || put_u64(&b, r->len) < 0 || put(&b, "}\n", 2) < 0) goto nomem;
-            if (r->len >= BIG_BODY) {
-                PyObject *body = PyBytes_FromStringAndSize((const char *)arena + r->off, (Py_ssize_t)r->len);
+            if (r->block) {
+                PyObject *body = block_wrap(r->block, r->len);
+                if (body) r->block = NULL; /* the Block owns it now */
                 if (!body || flush_chunk(&b, out) < 0 || PyList_Append(out, body) < 0) {
                     Py_XDECREF(body);
                     goto fail;
@@ -1563,6 +1627,7 @@ cleanup:
     for (size_t k = 0; k < n; k++) {
         head_release(recs[k].head);
         recs[k].owner->refs--;
+        free(recs[k].block); /* not handed over: encoding failed */
     }
     reap_dead(pl, 0);
     pthread_mutex_unlock(&pl->mu);
@@ -1634,7 +1699,7 @@ static PyObject *plane_get_pending(Plane *pl, void *Py_UNUSED(c)) {
 
 static PyObject *plane_get_pending_bytes(Plane *pl, void *Py_UNUSED(c)) {
     pthread_mutex_lock(&pl->mu);
-    size_t n = pl->arena_len;
+    size_t n = unwritten(pl);
     pthread_mutex_unlock(&pl->mu);
     return PyLong_FromSize_t(n);
 }
@@ -1689,7 +1754,10 @@ static void plane_dealloc(Plane *pl) {
     plane_shutdown(pl);
     reap_dead(pl, 1);
     heads_forget_all(pl->heads, &pl->nheads);
-    for (size_t k = 0; k < pl->nrecs; k++) head_release(pl->recs[k].head);
+    for (size_t k = 0; k < pl->nrecs; k++) {
+        head_release(pl->recs[k].head);
+        free(pl->recs[k].block);
+    }
     reap_dead(pl, 1);
     free(pl->recs);
     free(pl->arena);
@@ -1773,7 +1841,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_plane", NULL, -1, module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__plane(void) {
-    if (PyType_Ready(&PlaneType) < 0) return NULL;
+    if (PyType_Ready(&PlaneType) < 0 || PyType_Ready(&BlockType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&PlaneType);
