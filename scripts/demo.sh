@@ -54,7 +54,8 @@ echo "demo: every message is printed live (stderr, lines starting with #) and wr
     -w "$trace" \
     -- sh -c "$clients"
 
-records=$(($(wc -l < "$trace") - 1))
+# one full record per line after the header (the trace itself is compact: templates, raw bytes)
+records=$(($("$IPCPROXY" show --json "$trace" | wc -l) - 1))
 echo
 echo "demo: $records records in $trace"
 
