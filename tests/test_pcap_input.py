@@ -21,6 +21,7 @@ from conftest import ProxyProcess, Services, busctl, dbus_send, gdbus, messages,
 from ipcproxy.cli import main
 from ipcproxy.dbus import wire
 from ipcproxy.dbus.launcher import PrivateBus
+from ipcproxy.trace import records
 from ipcproxy.trace.pcapfile import read_packets
 from ipcproxy.trace.reader import iter_trace
 
@@ -156,7 +157,7 @@ def test_show_and_stats_read_a_capture(
     status, shown, _ = run(["show", capture, "--filter", "member=GetAll,Ping"], capsys)
     assert status == 0
     header, *lines = shown.splitlines()
-    assert header.startswith(f"# {capture}: trace v1") and "mode=convert" in header
+    assert header.startswith(f"# {capture}: trace v{records.VERSION}") and "mode=convert" in header
     assert any("member=GetAll" in line for line in lines) and any("member=Ping" in line for line in lines)
     assert run(["show", trace, "--filter", "member=GetAll,Ping"], capsys)[1].splitlines()[1:] == lines
     status, out, _ = run(["stats", "--json", capture], capsys)
