@@ -301,7 +301,7 @@ def start_traced(tmp_path: Path, script: str, *extra: str) -> subprocess.Popen[s
     )
 
 
-def wait_for_file(path: Path, proc: subprocess.Popen[str]) -> None:
+def wait_for_file(path: Path, proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
@@ -367,6 +367,67 @@ def wait_for_trace_stop(tmp_path: Path, proc: subprocess.Popen[str]) -> list[dic
         time.sleep(0.05)
 
 
+# ---------------------------------------------------------------- -p: attaching to a running process
+
+TICKER = textwrap.dedent(
+    """
+    import os, sys, time
+    out, stop = sys.argv[1], sys.argv[2]
+    r, w = os.pipe()
+    if os.fork() == 0:  # the reader: appends what it reads to a file
+        os.close(w)
+        with open(out, "ab", buffering=0) as f:
+            while chunk := os.read(r, 4096):
+                f.write(chunk)
+        os._exit(0)
+    os.close(r)
+    n = 0
+    while not os.path.exists(stop):
+        os.write(w, b"tick %d\\n" % n)
+        n += 1
+        time.sleep(0.02)
+    os.close(w)
+    os.wait()
+    """
+)
+
+
+def test_attach_to_a_running_process_and_let_it_go(tmp_path: Path) -> None:
+    out, stop = tmp_path / "ticks", tmp_path / "stop"
+    program = subprocess.Popen([sys.executable, "-c", TICKER, str(out), str(stop)])
+    try:
+        wait_for_file(out, program)
+        tracer = subprocess.Popen(
+            [*IPCPROXY, "trace", "-q", "-w", str(tmp_path / "trace.jsonl"), "-p", str(program.pid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while len(data(read(tmp_path), direction="send")) < 3:
+            assert tracer.poll() is None, tracer.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tracer.send_signal(signal.SIGTERM)
+        _, err = tracer.communicate(timeout=TIMEOUT)
+        assert tracer.returncode == 0, err
+        records = read(tmp_path)
+        assert events(records, "trace_start")[0]["attached"] == program.pid
+        assert events(records, "trace_stop")[0]["reason"] == "signal SIGTERM"
+        sends = data(records, direction="send")
+        assert all(r["sender"]["pid"] == program.pid and r["transport"] == "pipe" for r in sends)
+        assert all(bytes.fromhex(r["payload"]).startswith(b"tick ") for r in sends)
+        # let go, it runs on: its writes still work (no filter was left behind) and reach its reader
+        seen = out.read_bytes().count(b"\n")
+        while out.read_bytes().count(b"\n") < seen + 3:
+            assert program.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.touch()
+        program.wait(timeout=TIMEOUT)
+    assert program.returncode == 0
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -377,6 +438,8 @@ def wait_for_trace_stop(tmp_path: Path, proc: subprocess.Popen[str]) -> list[dic
         (["--", "no-such-command-here"], "no-such-command-here: command not found"),
         (["-w", "x.pcap", "--", "true"], "JSON Lines only"),
         (["--max-payload", "lots", "--", "true"], "not a number of bytes"),
+        (["-p", "999999999"], "no such process"),
+        (["-p", "1", "--", "true"], "not both"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:

@@ -29,6 +29,13 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="bytes of each message's payload to record (the full size is always recorded; default 4096)",
     )
     p.add_argument(
+        "-p",
+        "--pid",
+        type=int,
+        metavar="PID",
+        help="trace this running process (its threads and the children it starts from now on) instead of CMD",
+    )
+    p.add_argument(
         "--kill-on-exit",
         action="store_true",
         help="on SIGINT/SIGTERM end the traced programs (default: finish the trace and let them run to their end)",
@@ -49,20 +56,31 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    if not cmd:
+    if args.pid is not None and cmd:
+        raise InputError("trace: give either -p PID or a command after --, not both")
+    if args.pid is None and not cmd:
         raise InputError("trace: give the command to run after --, e.g. ipcproxy trace -- sh -c 'seq 3 | cat'")
+    if args.pid is not None and args.pid <= 0:
+        raise InputError(f"trace: -p {args.pid}: not a process id")
     if args.write and args.write.endswith((".pcap", ".pcapng")):
         raise InputError(f"trace: {args.write}: syscall traces are JSON Lines only (pcap holds D-Bus messages)")
     sinks: list[Sink] = []
     if args.write:
         try:
-            sinks.append(JsonlWriter(args.write, records.header(mode="trace", command=cmd)))
+            origin = {"attached": args.pid} if args.pid is not None else {"command": cmd}
+            sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin)))
         except OSError as exc:
             raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
     recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(args))
     try:
         tracer = SyscallTrace(
-            cmd, env, recorder, SystemFacts(), max_payload=args.max_payload, kill_on_exit=args.kill_on_exit
+            cmd,
+            env,
+            recorder,
+            SystemFacts(),
+            max_payload=args.max_payload,
+            kill_on_exit=args.kill_on_exit,
+            attach=args.pid,
         )
         return tracer.run()
     finally:

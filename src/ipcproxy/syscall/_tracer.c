@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
@@ -182,6 +183,8 @@ typedef struct {
     size_t count;
     unsigned max_payload;
     int record;
+    int every_syscall; /* attached to a running process: no filter, so every syscall stops it */
+    int detaching;     /* detach_all(): each tracee is let go at its next stop */
     pid_t main_pid;
     int main_status; /* -1 until the main child ends */
     char *buf;
@@ -590,8 +593,13 @@ static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
 
 /* ------------------------------------------------------------------ stops */
 
-static void resume(Tracee *e, int sig) {
-    ptrace(e->in_syscall ? PTRACE_SYSCALL : PTRACE_CONT, e->tid, 0, (void *)(intptr_t)sig);
+static void resume(Tracer *t, Tracee *e, int sig) {
+    if (t->detaching) {
+        ptrace(PTRACE_DETACH, e->tid, 0, (void *)(intptr_t)sig);
+        drop(t, e->tid);
+        return;
+    }
+    ptrace(t->every_syscall || e->in_syscall ? PTRACE_SYSCALL : PTRACE_CONT, e->tid, 0, (void *)(intptr_t)sig);
 }
 
 /* Handles one wait status; returns -1 when out of memory. */
@@ -615,14 +623,30 @@ static int handle(Tracer *t, pid_t tid, int status) {
         if (got > 0 && info.op == PTRACE_SYSCALL_INFO_EXIT && e->in_syscall) {
             e->in_syscall = 0;
             if (t->record && emit_exit(t, e, info.exit.rval) < 0) return -1;
+        } else if (got > 0 && info.op == PTRACE_SYSCALL_INFO_ENTRY && t->every_syscall && t->record) {
+            /* attached without a filter: the entry stop plays the seccomp stop's part */
+            const Syscall *sc = lookup_syscall((int64_t)info.entry.nr);
+            if (sc) {
+                e->in_syscall = 1;
+                e->nr = (int64_t)info.entry.nr;
+                for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.entry.args[i];
+                e->ts_entry = now_ns();
+                if (sc->writes) {
+                    Event *ev = simple_event(t, EV_ENTRY, e, tid);
+                    if (!ev) return -1;
+                    ev->ts = e->ts_entry;
+                    ev->nr = e->nr;
+                    memcpy(ev->args, e->args, sizeof ev->args);
+                }
+            }
         }
-        resume(e, 0);
+        resume(t, e, 0);
         return 0;
     }
     if (sig == SIGTRAP && event == PTRACE_EVENT_SECCOMP) {
         if (!t->record) { /* the call runs as if untraced */
             e->in_syscall = 0;
-            resume(e, 0);
+            resume(t, e, 0);
             return 0;
         }
         long got = ptrace(PTRACE_GET_SYSCALL_INFO, tid, (void *)sizeof info, &info);
@@ -640,7 +664,7 @@ static int handle(Tracer *t, pid_t tid, int status) {
                 memcpy(ev->args, e->args, sizeof ev->args);
             }
         }
-        resume(e, 0);
+        resume(t, e, 0);
         return 0;
     }
     if (sig == SIGTRAP && (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK || event == PTRACE_EVENT_CLONE)) {
@@ -651,7 +675,7 @@ static int handle(Tracer *t, pid_t tid, int status) {
         ev->nr = event;
         ev->args[0] = (int64_t)child;
         ev->args[1] = (int64_t)read_tgid((pid_t)child);
-        resume(e, 0);
+        resume(t, e, 0);
         return 0;
     }
     if (sig == SIGTRAP && event == PTRACE_EVENT_EXEC) {
@@ -696,21 +720,21 @@ static int handle(Tracer *t, pid_t tid, int status) {
         ev->payload_len = (uint32_t)exe_len;
         memcpy(ev + 1, comm, (size_t)comm_len);
         memcpy((char *)(ev + 1) + comm_len, exe, (size_t)exe_len);
-        resume(e, 0);
+        resume(t, e, 0);
         return 0;
     }
     if (sig == SIGTRAP && event == PTRACE_EVENT_EXIT) {
-        resume(e, 0);
+        resume(t, e, 0);
         return 0;
     }
     if (event == PTRACE_EVENT_STOP) {
-        if (sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU)
+        if (!t->detaching && (sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU))
             ptrace(PTRACE_LISTEN, tid, 0, 0); /* group-stop: stay stopped until SIGCONT */
         else
-            resume(e, 0); /* attached, or woken from a group-stop */
+            resume(t, e, 0); /* attached, or woken from a group-stop */
         return 0;
     }
-    resume(e, sig); /* a signal for the tracee: deliver it */
+    resume(t, e, sig); /* a signal for the tracee: deliver it */
     return 0;
 }
 
@@ -919,6 +943,65 @@ static PyObject *Tracer_wait(Tracer *self, PyObject *unused) {
     return PyBytes_FromStringAndSize(self->buf, (Py_ssize_t)self->len);
 }
 
+/* attach(pid): trace a running process (each of its threads) and the children it starts from now on.
+ * It has no filter and cannot get one: every syscall stops it, and only the IPC ones are reported. */
+static PyObject *Tracer_attach(Tracer *self, PyObject *args) {
+    int pid;
+    if (!PyArg_ParseTuple(args, "i", &pid)) return NULL;
+    if (self->main_pid > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "this tracer already traces a command");
+        return NULL;
+    }
+    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE |
+                PTRACE_O_TRACEEXEC | PTRACE_O_TRACEEXIT;
+    self->every_syscall = 1;
+    int added = 1;
+    for (int round = 0; added && round < 100; round++) { /* again, for threads started meanwhile */
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/task", pid);
+        DIR *dir = opendir(path);
+        if (!dir) {
+            if (round == 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+            break;
+        }
+        added = 0;
+        struct dirent *d;
+        while ((d = readdir(dir))) {
+            pid_t tid = (pid_t)atoi(d->d_name);
+            if (tid <= 0 || find(self, tid)) continue;
+            if (ptrace(PTRACE_SEIZE, tid, 0, (void *)opts) != 0) {
+                if (errno == ESRCH) continue; /* a thread that ended meanwhile */
+                int err = errno;
+                closedir(dir);
+                errno = err;
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            Tracee *e = add(self, tid);
+            if (!e) {
+                closedir(dir);
+                return PyErr_NoMemory();
+            }
+            ptrace(PTRACE_INTERRUPT, tid, 0, 0); /* a stop, from which it resumes stopping at syscalls */
+            added = 1;
+        }
+        closedir(dir);
+    }
+    self->main_pid = pid;
+    return PyLong_FromLong(pid);
+}
+
+/* detach_all(): let every tracee go at its next stop (only for attached processes: they have no filter). */
+static PyObject *Tracer_detach_all(Tracer *self, PyObject *unused) {
+    if (!self->every_syscall) {
+        PyErr_SetString(PyExc_RuntimeError, "a command started with a filter cannot be detached from");
+        return NULL;
+    }
+    self->detaching = 1;
+    for (size_t i = 0; i < TABLE; i++)
+        for (Tracee *e = self->table[i]; e; e = e->next) ptrace(PTRACE_INTERRUPT, e->tid, 0, 0);
+    Py_RETURN_NONE;
+}
+
 /* kill_all(): SIGKILL to every traced thread group; wait() then reports their ends. */
 static PyObject *Tracer_kill_all(Tracer *self, PyObject *unused) {
     for (size_t i = 0; i < TABLE; i++)
@@ -946,6 +1029,8 @@ static PyMethodDef Tracer_methods[] = {
     {"spawn", (PyCFunction)Tracer_spawn, METH_VARARGS, "spawn(path, argv, env) -> pid: run a command traced"},
     {"wait", (PyCFunction)Tracer_wait, METH_NOARGS, "wait() -> bytes | None: the next batch of events"},
     {"kill_all", (PyCFunction)Tracer_kill_all, METH_NOARGS, "SIGKILL every traced process"},
+    {"attach", (PyCFunction)Tracer_attach, METH_VARARGS, "attach(pid): trace a running process"},
+    {"detach_all", (PyCFunction)Tracer_detach_all, METH_NOARGS, "let every attached process go"},
     {NULL, NULL, 0, NULL},
 };
 

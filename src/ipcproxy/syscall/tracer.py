@@ -9,7 +9,9 @@ without its tracer every filtered call would fail with ENOSYS. So on
 SIGINT/SIGTERM the trace is finished (a ``trace_stop`` event, every held read
 written, the file flushed and closed) and the tracer stays only to let the
 programs' IPC calls run unrecorded until they end; with ``kill_on_exit``, or
-on a second signal, it ends them with SIGKILL instead.
+on a second signal, it ends them with SIGKILL instead. A process traced with
+``attach`` has no filter (one cannot be added from outside): it stops at every
+syscall while traced, and is detached from on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ class SyscallTrace:
         *,
         max_payload: int,
         kill_on_exit: bool,
+        attach: int | None = None,
     ) -> None:
+        """Runs ``cmd``, or with ``attach`` traces that running process (and ``cmd`` is empty)."""
         from . import _tracer  # type: ignore[attr-defined]
 
         self.cmd = list(cmd)
+        self.attach = attach
         self.env = dict(env)
         self.recorder = recorder
         self.table = ChannelTable(facts)
@@ -97,8 +102,12 @@ class SyscallTrace:
         # the flush timer's only job is to interrupt a blocked wait(): a handler, not SIG_IGN
         previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, lambda signum, frame: None)
         try:
-            pid = self._spawn()
-            self.recorder.event("trace_start", command=self.cmd, pid=pid, max_payload=self.max_payload)
+            if self.attach is not None:
+                pid = self._attach(self.attach)
+                self.recorder.event("trace_start", attached=pid, max_payload=self.max_payload)
+            else:
+                pid = self._spawn()
+                self.recorder.event("trace_start", command=self.cmd, pid=pid, max_payload=self.max_payload)
             self.recorder.flush()
             self._loop()
         finally:
@@ -106,7 +115,19 @@ class SyscallTrace:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         status = self.loop.status
-        return exit_status(status) if status is not None else 1
+        if status is None:
+            return 0 if self.attach is not None else 1  # attached, and let go while it ran on
+        return exit_status(status)
+
+    def _attach(self, pid: int) -> int:
+        try:
+            return int(self.loop.attach(pid))
+        except FileNotFoundError:
+            raise InputError(f"trace: -p {pid}: no such process") from None
+        except PermissionError as exc:
+            raise RunFailed(f"trace: cannot attach to {pid} ({exc.strerror}): run as root or allow ptrace") from None
+        except OSError as exc:
+            raise RunFailed(f"trace: cannot attach to {pid}: {exc.strerror}") from None
 
     def _loop(self) -> None:
         recording = True
@@ -121,6 +142,8 @@ class SyscallTrace:
                     self._finish(self.stop_reason)
                     self.loop.record = False
                     recording = False
+                    if self.attach is not None:  # no filter in it: it can be let go
+                        self.loop.detach_all()
             if self.signals > 1 and not killed:  # asked again: end them
                 self.loop.kill_all()
                 killed = True
