@@ -156,10 +156,6 @@ class Proxy:
     def address(self) -> str:
         return str(self.listener.address)
 
-    @property
-    def sessions(self) -> dict[int, Session]:
-        return {conn_id: link.session for conn_id, link in self.links.items()}
-
     def listen(self) -> str:
         self.listener.listen(not_on=self.connector.upstream)
         return self.address
