@@ -121,3 +121,24 @@ def test_limits_must_be_positive_numbers(bus: Any) -> None:
         assert r.returncode == 2 and "Traceback" not in r.stderr
         (line,) = r.stderr.splitlines()
         assert option in line and value in line, line
+
+
+def test_run_and_interpose_take_the_same_limits() -> None:
+    import subprocess
+
+    from conftest import IPCPROXY
+
+    r = subprocess.run(
+        [*IPCPROXY, "run", "-q", "--auth-timeout", "5", "--max-pending", "3", "--", "busctl", "--user", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [*IPCPROXY, "interpose", "--socket", "/nonexistent/bus", "--max-pending", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "--max-pending" in r.stderr and "Traceback" not in r.stderr
