@@ -13,15 +13,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import yamlfile
 from ..model import MessageType
-from . import yamlpos
+from ..yamlfile import kind, said
 
 TYPES = {"method_call", "method_return", "error", "signal"}
 SIDES = {"sender", "receiver"}
 BOUNDARIES = {"min", "max", "zero", "empty", "long"}
 
 
-class PlanError(ValueError):
+class PlanError(yamlfile.YamlFileError):
     """A plan or campaign that cannot be used; the text starts with ``file:line:``."""
 
 
@@ -224,12 +225,11 @@ class _Ctx:
         self.path = path
 
     def fail(self, container: Any, key: Any, text: str) -> PlanError:
-        line = yamlpos.line_of(container, key)
-        return PlanError(f"{self.path}:{line}: {text}" if line else f"{self.path}: {text}")
+        return PlanError(self.path, yamlfile.line_of(container, key) or None, text)
 
 
 def plain(value: Any) -> Any:
-    """LineDict/LineList back to plain JSON-safe data."""
+    """LineDicts and LineLists back to plain JSON-safe data."""
     if isinstance(value, dict):
         return {str(k) if not isinstance(k, str | int) else k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -241,7 +241,7 @@ def _mapping(ctx: _Ctx, container: Any, key: Any, value: Any, allowed: set[str])
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ctx.fail(container, key, f"{key} must be a mapping, not {type(value).__name__}")
+        raise ctx.fail(container, key, f"{key} must be a mapping, not {kind(value)}")
     unknown = [k for k in value if k not in allowed]
     if unknown:
         raise ctx.fail(
@@ -253,21 +253,21 @@ def _mapping(ctx: _Ctx, container: Any, key: Any, value: Any, allowed: set[str])
 def _int(ctx: _Ctx, container: Any, key: Any, minimum: int = 0) -> int:
     value = container[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ctx.fail(container, key, f"{key} must be an integer >= {minimum}, not {value!r}")
+        raise ctx.fail(container, key, f"{key} must be an integer >= {minimum}, not {said(value)}")
     return value
 
 
 def _num(ctx: _Ctx, container: Any, key: Any, minimum: float = 0.0) -> float:
     value = container[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ctx.fail(container, key, f"{key} must be a number >= {minimum:g}, not {value!r}")
+        raise ctx.fail(container, key, f"{key} must be a number >= {minimum:g}, not {said(value)}")
     return float(value)
 
 
 def _str(ctx: _Ctx, container: Any, key: Any) -> str:
     value = container[key]
     if not isinstance(value, str) or not value:
-        raise ctx.fail(container, key, f"{key} must be a non-empty string, not {value!r}")
+        raise ctx.fail(container, key, f"{key} must be a non-empty string, not {said(value)}")
     return value
 
 
@@ -282,8 +282,8 @@ def parse_selector(ctx: _Ctx, container: Any, key: Any) -> Selector:
         if name in raw:
             kwargs[name] = _str(ctx, raw, name)
     if "type" in raw:
-        if raw["type"] not in TYPES:
-            raise ctx.fail(raw, "type", f"type must be one of {', '.join(sorted(TYPES))}, not {raw['type']!r}")
+        if not isinstance(raw["type"], str) or raw["type"] not in TYPES:
+            raise ctx.fail(raw, "type", f"type must be one of {', '.join(sorted(TYPES))}, not {said(raw['type'])}")
         kwargs["type"] = MessageType.from_name(raw["type"])
     if "args" in raw:
         args = raw["args"]
@@ -406,7 +406,7 @@ def parse_action(ctx: _Ctx, container: Any, key: Any) -> ActionSpec:
         chosen = [k for k in ("value", "boundary", "random") if k in p]
         if len(chosen) != 1:
             raise ctx.fail(raw, kind, "set-arg needs exactly one of value, boundary, random")
-        if "boundary" in p and p["boundary"] not in BOUNDARIES:
+        if "boundary" in p and (not isinstance(p["boundary"], str) or p["boundary"] not in BOUNDARIES):
             raise ctx.fail(p, "boundary", f"boundary must be one of {', '.join(sorted(BOUNDARIES))}")
         if "random" in p and p["random"] is not True:
             raise ctx.fail(p, "random", "random must be true")
@@ -429,8 +429,8 @@ def parse_action(ctx: _Ctx, container: Any, key: Any) -> ActionSpec:
             _int(ctx, p, "after", 1) if "after" in p else 1, _num(ctx, p, "max_ms") if "max_ms" in p else 2000.0
         )
     side = p.get("side", "sender")
-    if side not in SIDES:
-        raise ctx.fail(p, "side", f"side must be sender or receiver, not {side!r}")
+    if not isinstance(side, str) or side not in SIDES:
+        raise ctx.fail(p, "side", f"side must be sender or receiver, not {said(side)}")
     return Disconnect(side)
 
 
@@ -475,25 +475,24 @@ def _faults(ctx: _Ctx, doc: Any) -> list[FaultSpec]:
 def _document(path: str, text: str, allowed: set[str]) -> tuple[_Ctx, Any]:
     ctx = _Ctx(path)
     try:
-        doc = yamlpos.load(text)
-    except yamlpos.YamlError as exc:
-        raise PlanError(f"{path}:{exc.line}: not valid YAML: {exc}") from None
+        doc = yamlfile.load(text)
+    except yamlfile.YamlError as exc:
+        raise PlanError(path, exc.line, f"not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
-        raise PlanError(f"{path}:1: expected a mapping with version: 1")
+        raise PlanError(path, 1, f"expected a mapping with version: 1, not {kind(doc)}")
     if doc.get("version") != 1:
-        raise ctx.fail(doc, "version", f"version must be 1, not {doc.get('version')!r}")
+        raise ctx.fail(doc, "version", f"version must be 1, not {said(doc.get('version'))}")
     unknown = [k for k in doc if k not in allowed]
     if unknown:
         raise ctx.fail(doc, unknown[0], f"unknown key {unknown[0]!r} (expected one of {', '.join(sorted(allowed))})")
     return ctx, doc
 
 
-def _read(path: str) -> str:
+def _read(path: str, what: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as exc:
-        raise PlanError(f"{path}: {exc.strerror}") from None
+        return yamlfile.read(path, what)
+    except yamlfile.YamlFileError as exc:
+        raise PlanError(path, None, f"cannot read {what}: {exc.reason}") from None
 
 
 def parse_plan(text: str, path: str = "<plan>") -> FaultPlan:
@@ -503,7 +502,7 @@ def parse_plan(text: str, path: str = "<plan>") -> FaultPlan:
 
 
 def load_plan(path: str) -> FaultPlan:
-    return parse_plan(_read(path), path)
+    return parse_plan(_read(path, "fault plan"), path)
 
 
 def fault_from_dict(data: dict[str, Any], index: int, where: str = "<generated>") -> FaultSpec:
@@ -604,4 +603,4 @@ def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
 
 
 def load_campaign(path: str) -> Campaign:
-    return parse_campaign(_read(path), path)
+    return parse_campaign(_read(path, "campaign"), path)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .. import yamlfile
+from ..yamlfile import kind as _kind
 from .model import (
     ANY,
     DIRECTIONS,
@@ -28,15 +29,8 @@ from .model import (
 )
 
 
-class PolicyError(ValueError):
+class PolicyError(yamlfile.YamlFileError):
     """A policy file that cannot be used; the text is ``file:line: reason``."""
-
-    def __init__(self, source: str, line: int | None, reason: str) -> None:
-        self.source = source
-        self.line = line
-        self.reason = reason
-        where = f"{source}:{line}" if line else source
-        super().__init__(f"{where}: {reason}")
 
 
 TOP_KEYS = ("format", "version", "threshold", "order", "unknown", "components")
@@ -63,23 +57,17 @@ _SIGNATURE = re.compile(r"[ybnqiuxtdsogvha(){}]*")
 
 def load_policy(path: str) -> Policy:
     try:
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
-    except OSError as exc:
-        raise PolicyError(path, None, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise PolicyError(path, None, f"not UTF-8 text: {exc.reason}") from None
+        text = yamlfile.read(path, "policy")
+    except yamlfile.YamlFileError as exc:
+        raise PolicyError(path, None, f"cannot read: {exc.reason}") from None
     return parse_policy(text, path)
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise PolicyError(source, mark.line + 1 if mark else None, f"not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(source, None, f"not valid YAML: {exc}") from None
+        root = yamlfile.compose(text)
+    except yamlfile.YamlError as exc:
+        raise PolicyError(source, exc.line, f"not valid YAML: {exc}") from None
     if root is None:
         raise PolicyError(source, 1, "empty file; a policy starts with 'version: 1'")
     return _Reader(source).policy(root)
@@ -302,11 +290,3 @@ class _Reader:
         if "max_len" in fields:
             c.max_len = self.integer(fields["max_len"][1], "max_len", 0)
         return c
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", bool: "a boolean", str: "a string", int: "an integer"}.get(
-        type(value), type(value).__name__
-    )
