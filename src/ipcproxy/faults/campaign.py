@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from typing import Any
 
+from ..outputs import FILE_MODE, PRIVATE, OutputRules, make_folder, write_file
 from ..trace.reader import iter_trace
 from .canon import Canon, canonical
 from .enumerate import enumerate_faults
@@ -45,11 +46,9 @@ def _work(spec: RunSpec) -> dict[str, Any]:
     return execute(_worker_campaign, spec).to_json()
 
 
-def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+def _write_json(path: str, data: Any, mode: int = FILE_MODE) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, default=str).encode()
+    write_file(path, lambda stream: stream.write(text), OutputRules(force=True, mode=mode))
 
 
 def read_results(path: str) -> dict[int, dict[str, Any]]:
@@ -81,9 +80,17 @@ def _quiet() -> Progress:
 
 
 class Runner:
-    def __init__(self, campaign: Campaign, out_dir: str, jobs: int = 1, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        campaign: Campaign,
+        out_dir: str,
+        jobs: int = 1,
+        seed: int | None = None,
+        rules: OutputRules = PRIVATE,
+    ) -> None:
         self.campaign = campaign
         self.out = out_dir
+        self.rules = rules  # how the folder and its files are created (--force, --output-mode)
         self.jobs = max(1, jobs)
         self.seed = campaign.seed if seed is None else seed
         self._pool: ProcessPoolExecutor | None = None
@@ -94,10 +101,15 @@ class Runner:
     def path(self, name: str) -> str:
         return os.path.join(self.out, name)
 
+    def _write_json(self, path: str, data: Any) -> None:
+        _write_json(path, data, self.rules.mode)
+
     def _check_dir(self) -> None:
-        os.makedirs(self.out, exist_ok=True)
-        meta = {"campaign": os.path.abspath(self.campaign.path), "digest": self.campaign.digest, "seed": self.seed}
+        """Create the folder, or resume in one that holds this campaign's results (a non-empty other one
+        only with --force; one holding another campaign's results never)."""
         existing = self.path("campaign.json")
+        make_folder(self.out, self.rules, reusable=lambda _: os.path.isfile(existing))
+        meta = {"campaign": os.path.abspath(self.campaign.path), "digest": self.campaign.digest, "seed": self.seed}
         if os.path.exists(existing):
             with open(existing) as f:
                 old = json.load(f)
@@ -106,7 +118,7 @@ class Runner:
                     f"{self.out} holds results of another campaign or seed; give another -o or remove it"
                 )
         else:
-            _write_json(existing, meta)
+            self._write_json(existing, meta)
 
     # ------------------------------------------------------------ running
 
@@ -159,6 +171,7 @@ class Runner:
             seed=self.seed,
             trace_path=self.path(f"{name}.jsonl"),
             log_dir=self.path(os.path.join("logs", name)),
+            file_mode=self.rules.mode,
         )
 
     # ------------------------------------------------------------ phases
@@ -178,7 +191,7 @@ class Runner:
         for _ in results:
             progress.advance("golden")
         for spec, result in self._run_all(todo):
-            _write_json(self.path(f"golden-{spec.run}.result.json"), result)
+            self._write_json(self.path(f"golden-{spec.run}.result.json"), result)
             results[spec.run] = result
             progress.advance("golden")
         if self.interrupted:
@@ -208,9 +221,10 @@ class Runner:
         for _ in done:
             progress.advance("done before")
         todo = [self._spec(k, False, f) for k, f in enumerate(faults, 1) if k not in done]
-        with open(results_path, "a") as out:
+        fd = os.open(results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, self.rules.mode)
+        with os.fdopen(fd, "a") as out:
             for spec, result in self._run_all(todo):
-                _write_json(os.path.join(spec.log_dir, "result.json"), result)
+                self._write_json(os.path.join(spec.log_dir, "result.json"), result)
                 line = self.verdict(envelope, spec, result)
                 out.write(json.dumps(line, sort_keys=False, default=str) + "\n")
                 out.flush()
@@ -252,7 +266,7 @@ class Runner:
                 return []
             envelope = learn(canons, results)
             faults = self.faults()
-            _write_json(self.path("faults.json"), [f.source for f in faults])
+            self._write_json(self.path("faults.json"), [f.source for f in faults])
             done = self.faulty(envelope, faults, progress)
         finally:
             self.close()

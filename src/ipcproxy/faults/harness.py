@@ -26,6 +26,7 @@ from ..dbus.launcher import PrivateBus
 from ..dbus.proxy import Proxy
 from ..dbus.resolver import Resolver
 from ..model import Verdict
+from ..outputs import FILE_MODE, OutputRules
 from ..trace import records
 from ..trace.recorder import Recorder
 from ..trace.writer import JsonlWriter
@@ -48,6 +49,7 @@ class RunSpec:
     seed: int
     trace_path: str
     log_dir: str
+    file_mode: int = FILE_MODE  # of the trace and logs (the campaign's --output-mode)
 
 
 @dataclass(slots=True)
@@ -180,7 +182,9 @@ class Run:
         header["golden"] = spec.golden
         if spec.fault is not None:
             header["fault"] = spec.fault
-        recorder = Recorder([JsonlWriter(spec.trace_path, header)], directory.endpoint, decode_args=True)
+        # inside the campaign's own folder: a trace left by an interrupted run is written again
+        sink = JsonlWriter(spec.trace_path, header, OutputRules(force=True, mode=spec.file_mode))
+        recorder = Recorder([sink], directory.endpoint, decode_args=True)
         self.recorder = recorder
         listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
         base_env = {**os.environ, "PYTHON": sys.executable, **c.env}

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..dbus import wire
 from ..model import Message
+from ..outputs import PRIVATE, OutputRules, open_stream
 from .pcapfile import capture_file
 from .stats import Deliveries
 
@@ -34,9 +35,9 @@ class CaptureSink:
     the bus adds on delivery but a client's outgoing bytes lack.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, rules: OutputRules = PRIVATE) -> None:
         self.path = path
-        self._stream = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._stream = open_stream(path, rules)  # private, never through a link, never over an input
         self._out = capture_file(path, self._stream)
         self._epoch = time.time_ns() - time.monotonic_ns()
         self._deliveries = Deliveries()

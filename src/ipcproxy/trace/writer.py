@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..model import Message
+from ..outputs import PRIVATE, OutputRules, open_file
 from . import records
 
 DLT_DBUS = 231
@@ -58,10 +59,10 @@ class _LineBuffer:
 class JsonlWriter(_LineBuffer):
     """Appends records as JSON lines; the first line is the versioned header."""
 
-    def __init__(self, path: str, header: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str, header: dict[str, Any] | None = None, rules: OutputRules = PRIVATE) -> None:
         self.path = path
         super().__init__()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._fd = open_file(path, rules)  # private, never through a link, never over an input
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: deque[tuple[Future[None], int]] = deque()
         self._inflight_bytes = 0
@@ -145,12 +146,12 @@ class DirectJsonlWriter(_LineBuffer):
     STAGE = 8 * 1024 * 1024
     ALIGN = 4096
 
-    def __init__(self, path: str, header: dict[str, Any], depth: int = 4) -> None:
+    def __init__(self, path: str, header: dict[str, Any], depth: int = 4, rules: OutputRules = PRIVATE) -> None:
         super().__init__()
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            self._direct = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+        self._fd = open_file(path, rules)  # private, never through a link, never over an input
+        try:  # the same open file again (not the path, which may meanwhile name another one)
+            self._direct = os.open(f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
         except OSError:
             self._direct = -1
         self._stage = mmap.mmap(-1, self.STAGE)  # page-aligned, as O_DIRECT requires
@@ -242,10 +243,10 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
             offset += n
 
 
-def open_sink(path: str, header: dict[str, Any] | None = None) -> Sink:
+def open_sink(path: str, header: dict[str, Any] | None = None, rules: OutputRules = PRIVATE) -> Sink:
     """Pick the sink from the file name: ``.pcap``/``.pcapng`` write pcap, anything else the trace."""
     if path.endswith((".pcap", ".pcapng")):
         from .capture_sink import CaptureSink  # real pcapng for .pcapng; each message once, with its sender
 
-        return CaptureSink(path)
-    return JsonlWriter(path, header)
+        return CaptureSink(path, rules)
+    return JsonlWriter(path, header, rules)
