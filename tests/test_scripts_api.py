@@ -197,7 +197,7 @@ def test_missing_script_is_a_usage_error(tmp_path: Path) -> None:
         [*IPCPROXY, "run", "-s", str(tmp_path / "nope.py"), "--", "true"], capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 2
-    assert r.stderr.strip() == f"ipcproxy: script {tmp_path / 'nope.py'}: no such file"
+    assert r.stderr.strip() == f"ipcproxy: cannot read script {tmp_path / 'nope.py'}: no such file"
 
 
 def test_load_script_collects_decorated_functions_and_objects(tmp_path: Path) -> None:

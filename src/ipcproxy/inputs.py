@@ -33,10 +33,12 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def open_input(path: str, what: str = "file") -> BinaryIO:
+def open_input(path: str, what: str = "file", fifo_ok: bool = False) -> BinaryIO:
     """``path`` opened for binary reading, or InputFileError if it cannot be read or is not a regular file.
 
     ``what`` names the file's role in the message (``policy``, ``trace``, ...).
+    With ``fifo_ok`` (``show --follow``) a FIFO is accepted too, and opened
+    waiting for its writer, which is what following it means.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -44,12 +46,20 @@ def open_input(path: str, what: str = "file") -> BinaryIO:
         raise InputFileError(f"cannot read {what} {path}: {reason(exc)}") from None
     try:
         mode = os.fstat(fd).st_mode
+        if fifo_ok and stat.S_ISFIFO(mode):
+            os.close(fd)
+            fd = -1
+            try:
+                return open(path, "rb")  # noqa: SIM115 - the caller closes it
+            except OSError as exc:
+                raise InputFileError(f"cannot read {what} {path}: {reason(exc)}") from None
         if not stat.S_ISREG(mode):
             raise InputFileError(f"cannot read {what} {path}: it is {kind_of(mode)}, not a regular file")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         raise
 
 

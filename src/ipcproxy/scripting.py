@@ -8,6 +8,7 @@ import sys
 
 from . import api
 from .chain import Interceptor
+from .inputs import InputFileError, open_input
 
 
 class ScriptError(ValueError):
@@ -15,8 +16,10 @@ class ScriptError(ValueError):
 
 
 def load_script(path: str) -> list[Interceptor]:
-    if not os.path.isfile(path):
-        raise ScriptError(f"script {path}: no such file")
+    try:
+        open_input(path, "script").close()  # a regular file: a FIFO or a device would hang the import
+    except InputFileError as exc:
+        raise ScriptError(str(exc)) from None
     name = f"ipcproxy_script_{abs(hash(os.path.abspath(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

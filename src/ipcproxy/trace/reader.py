@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import msgspec
 
+from ..inputs import InputFileError, open_input
 from . import records
 from .pcapfile import CaptureError, sniff_bytes
 
@@ -115,12 +116,13 @@ def iter_trace(
     proxy started again with the same ``-w``).
     """
     warn = warn or (lambda text: print(f"ipcproxy: warning: {text}", file=sys.stderr))
-    stream = _open(path)
+    stream = _open(path, fifo_ok=follow)
     capture = _capture_kind(stream)
     if capture is not None:
         stream.close()
         yield from _capture_records(path, capture, warn, follow, on_header)
         return
+    follow = follow and stream.seekable()  # a FIFO is read until its writer closes it
     try:
         while True:
             yield from _records(stream, path, warn, follow, on_header)
@@ -171,11 +173,12 @@ def _capture_records(
         on_header(capture_header(path, kind))
 
 
-def _open(path: str) -> IO[bytes]:
+def _open(path: str, fifo_ok: bool = False) -> IO[bytes]:
+    """A regular file (or, when following, a FIFO); never an open that waits for ever on a device."""
     try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
-    except OSError as exc:
-        raise TraceError(f"{path}: {exc.strerror}") from None
+        return open_input(path, "trace", fifo_ok=fifo_ok)
+    except InputFileError as exc:
+        raise TraceError(str(exc)) from None
 
 
 def _records(
@@ -291,6 +294,6 @@ def _rewritten(stream: IO[bytes], path: str, header: bytes) -> bool:
 
 
 def load(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    with open(path, "rb") as stream:
+    with _open(path) as stream:
         head = read_header(stream, path)
     return head, list(iter_trace(path))
