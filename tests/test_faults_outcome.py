@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ipcproxy.faults.canon import canonical
-from ipcproxy.faults.diff import diff_records, levenshtein
+from ipcproxy.faults.diff import diff_records, levenshtein, render
 from ipcproxy.faults.envelope import deviations, learn
 from ipcproxy.faults.outcome import classify
 
@@ -154,3 +154,27 @@ def test_diff_of_two_traces() -> None:
     assert d.edit_distance == 1
     assert diff_records(a, golden("t1")).same
     assert levenshtein(list("kitten"), list("sitting")) == 3
+
+
+def test_diff_of_unrelated_traces_says_so_and_never_prints_none() -> None:
+    a, b = Trace(), Trace()
+    a.send(CLIENT, SERVICE, "signal", "Hello", [])
+    b.send(OTHER, SERVICE, "signal", "Bye", [])
+    b.send(OTHER, SERVICE, "signal", "Bye", [])
+    d = diff_records(a.records, b.records)
+    assert d.unrelated and d.components_a != d.components_b
+    text = render(d, "a.jsonl", "b.jsonl")
+    assert "None" not in text
+    assert "A and B have no sender in common" in text
+    assert "A has no message from it" in text or "B has no message from it" in text
+    assert d.to_json()["unrelated"] is True
+
+
+def test_diff_where_one_side_stops_early_names_the_side() -> None:
+    a, b = Trace(), Trace()
+    a.send(CLIENT, SERVICE, "signal", "One", [])
+    b.send(CLIENT, SERVICE, "signal", "One", [])
+    b.send(CLIENT, SERVICE, "signal", "Two", [])
+    text = render(diff_records(a.records, b.records), "a", "b")
+    assert "None" not in text and "A has no more messages from it" in text
+    assert not diff_records(a.records, b.records).unrelated

@@ -36,6 +36,13 @@ class TraceDiff:
     a_messages: int = 0
     b_messages: int = 0
     faults: list[dict[str, Any]] = field(default_factory=list)
+    components_a: list[str] = field(default_factory=list)  # who sent messages in A
+    components_b: list[str] = field(default_factory=list)
+
+    @property
+    def unrelated(self) -> bool:
+        """Both traces have senders, but none in common: not runs of the same system."""
+        return bool(self.components_a and self.components_b) and not set(self.components_a) & set(self.components_b)
 
     @property
     def same(self) -> bool:
@@ -58,6 +65,8 @@ class TraceDiff:
             "edit_distance": self.edit_distance,
             "messages": {"a": self.a_messages, "b": self.b_messages},
             "faults": self.faults,
+            "components": {"a": self.components_a, "b": self.components_b},
+            "unrelated": self.unrelated,
         }
 
 
@@ -89,8 +98,14 @@ def _components(canon: Canon) -> set[str]:
     return canon.all_components() | ({INJECTED} if any(m.injected for m in canon.messages) else set())
 
 
+def _senders(canon: Canon) -> set[str]:
+    return {m.sender for m in canon.messages if not m.injected and m.sender}
+
+
 def diff_canons(a: Canon, b: Canon) -> TraceDiff:
     out = TraceDiff(None, a_messages=len(a.messages), b_messages=len(b.messages))
+    out.components_a = sorted(_senders(a))
+    out.components_b = sorted(_senders(b))
     firsts: list[Divergence] = []
     for comp in sorted(_components(a) | _components(b)):
         sa, sb = _seq(a, comp), _seq(b, comp)
@@ -139,9 +154,14 @@ def render(d: TraceDiff, name_a: str, name_b: str) -> str:
     if d.same:
         lines.append("no divergence: every component sent the same messages in the same order")
         return "\n".join(lines)
+    if d.unrelated:
+        lines.append(
+            f"A and B have no sender in common (A: {', '.join(d.components_a)}; B: {', '.join(d.components_b)}):"
+            " they do not look like traces of the same system"
+        )
     if d.first is not None:
         lines.append(
-            f"first divergence: {d.first.component} at A #{d.first.a_seq} / B #{d.first.b_seq}"
+            f"first divergence: {_where(d, d.first)}"
             f"\n  A: {d.first.a or '(nothing more)'}\n  B: {d.first.b or '(nothing more)'}"
         )
     for comp in sorted(set(d.missing) | set(d.added)):
@@ -150,3 +170,17 @@ def render(d: TraceDiff, name_a: str, name_b: str) -> str:
         lines.extend(f"  + {m}" for m in d.added.get(comp, []))
     lines.append(f"edit distance: {d.edit_distance}")
     return "\n".join(lines)
+
+
+def _where(d: TraceDiff, first: Divergence) -> str:
+    """Where the first divergence is, in words, also when one side has no such message."""
+    comp = first.component
+    if first.a_seq is not None and first.b_seq is not None:
+        return f"{comp} at A #{first.a_seq} / B #{first.b_seq}"
+    if first.b_seq is not None:
+        whose = "A has no message from it" if comp not in d.components_a else "A has no more messages from it"
+        return f"{comp} at B #{first.b_seq}; {whose}"
+    if first.a_seq is not None:
+        whose = "B has no message from it" if comp not in d.components_b else "B has no more messages from it"
+        return f"{comp} at A #{first.a_seq}; {whose}"
+    return comp
