@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import BUS_DRIVER_NAME
 from .canon import Canon, Sent, canonical, key_text
 
 LEVENSHTEIN_LIMIT = 4000  # longer sequences fall back to difflib's (not always minimal) count
@@ -36,7 +37,7 @@ class TraceDiff:
     a_messages: int = 0
     b_messages: int = 0
     faults: list[dict[str, Any]] = field(default_factory=list)
-    components_a: list[str] = field(default_factory=list)  # who sent messages in A
+    components_a: list[str] = field(default_factory=list)  # who sent messages in A (the bus driver aside)
     components_b: list[str] = field(default_factory=list)
 
     @property
@@ -99,7 +100,8 @@ def _components(canon: Canon) -> set[str]:
 
 
 def _senders(canon: Canon) -> set[str]:
-    return {m.sender for m in canon.messages if not m.injected and m.sender}
+    """The components that sent messages, the bus driver aside (every trace has it)."""
+    return {m.sender for m in canon.messages if not m.injected and m.sender and m.sender != BUS_DRIVER_NAME}
 
 
 def diff_canons(a: Canon, b: Canon) -> TraceDiff:
