@@ -460,7 +460,7 @@ def _one_line_exit_2(argv: list[str], capsys: Any) -> str:
 
 
 def test_convert_bad_input(trace: Path, tmp_path: Path, capsys: Any) -> None:
-    assert "No such file" in _one_line_exit_2(
+    assert "no such file" in _one_line_exit_2(
         ["convert", str(tmp_path / "nope.pcap"), str(tmp_path / "x.jsonl")], capsys
     )
     text = tmp_path / "notes.txt"

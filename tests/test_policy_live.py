@@ -224,7 +224,7 @@ def test_run_learns_and_enforces_with_the_same_command(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     policy = tmp_path / "p.yaml"
     assert main(["learn", str(trace), "-o", str(policy)]) == 0
-    enforce = [*base, "--policy", str(policy), "-w", str(tmp_path / "enforced.jsonl")]
+    enforce = [*base, "--policy", str(policy), "--force", "-w", str(tmp_path / "enforced.jsonl")]
     assert subprocess.run([*enforce, *read], capture_output=True, timeout=60).returncode == 0
     set_call = ["--", "busctl", "--system", "call", HOST, HOST_PATH, HOST, "SetPrettyHostname", "sb", "x", "false"]
     r = subprocess.run([*enforce, *set_call], capture_output=True, text=True, timeout=60)

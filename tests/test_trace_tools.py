@@ -281,7 +281,7 @@ def test_show_follow_starts_again_when_a_new_proxy_writes_the_same_trace(bus: An
         busctl(first.address, "call", *call, "GetId")
         wait_for(lambda: "member=GetId" in out_path.read_text(), what="the first proxy's call")
         first.stop()
-        second = ProxyProcess(bus.address, workdir)  # same -w: the file is truncated and written again
+        second = ProxyProcess(bus.address, workdir, ["--force"])  # same -w: emptied and written again
         try:
             busctl(second.address, "call", *call, "ListNames")
             wait_for(lambda: "member=ListNames" in out_path.read_text(), what="the second proxy's call")

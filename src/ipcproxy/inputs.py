@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import stat
 from typing import BinaryIO
 
+from .errors import InputError
 from .oserror import reason
 
 
-class InputFileError(ValueError):
+class InputFileError(InputError, ValueError):
     """An input file that cannot be read; the text is one line naming the file and the cause."""
 
 
@@ -37,8 +39,8 @@ def open_input(path: str, what: str = "file", fifo_ok: bool = False) -> BinaryIO
     """``path`` opened for binary reading, or InputFileError if it cannot be read or is not a regular file.
 
     ``what`` names the file's role in the message (``policy``, ``trace``, ...).
-    With ``fifo_ok`` (``show --follow``) a FIFO is accepted too, and opened
-    waiting for its writer, which is what following it means.
+    With ``fifo_ok`` (``show --follow``) a FIFO is accepted too, and read
+    once its writer came, until the writer closes it.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -47,19 +49,17 @@ def open_input(path: str, what: str = "file", fifo_ok: bool = False) -> BinaryIO
     try:
         mode = os.fstat(fd).st_mode
         if fifo_ok and stat.S_ISFIFO(mode):
-            os.close(fd)
-            fd = -1
-            try:
-                return open(path, "rb")  # noqa: SIM115 - the caller closes it
-            except OSError as exc:
-                raise InputFileError(f"cannot read {what} {path}: {reason(exc)}") from None
-        if not stat.S_ISREG(mode):
+            # wait for a writer's first data (or its close): until a writer came, a read would
+            # see the end at once. Linux reports no hang-up before a writer has been there.
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll()
+        elif not stat.S_ISREG(mode):
             raise InputFileError(f"cannot read {what} {path}: it is {kind_of(mode)}, not a regular file")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
         raise
 
 

@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
+from .errors import InputError
 from .inputs import kind_of
 from .oserror import reason
 
 FILE_MODE = 0o600
 
 
-class OutputError(ValueError):
+class OutputError(InputError, ValueError):
     """An output the command may not or cannot create; the text is one line naming it."""
 
 

@@ -20,6 +20,7 @@ from .dbus.bus import Directory
 from .dbus.proxy import ConnectionLimits, Proxy
 from .dbus.resolver import Resolver
 from .errors import InputError
+from .outputs import OutputRules
 from .scripting import ScriptError, load_script
 from .trace import records
 from .trace.recorder import Recorder
@@ -64,13 +65,20 @@ def live_printer(args: argparse.Namespace) -> Any:
     return show
 
 
+def input_files(args: argparse.Namespace) -> list[str]:
+    """The files a capturing command reads, which its trace must never replace."""
+    return [
+        p
+        for p in (getattr(args, "policy", None), getattr(args, "faults", None), *(getattr(args, "script", None) or []))
+        if p
+    ]
+
+
 def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
     sinks: list[Sink] = []
     if args.write:
-        try:
-            sinks.append(open_sink(args.write, records.header(**header)))
-        except OSError as exc:
-            raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
+        rules = OutputRules.from_args(args, input_files(args))
+        sinks.append(open_sink(args.write, records.header(**header), rules))
     return Recorder(sinks, directory.endpoint, live_printer(args), decode_args=not args.no_args)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from .errors import InputError
 from .inputs import InputFileError, read_text
 
 
@@ -42,7 +43,7 @@ class YamlError(ValueError):
         self.line = line
 
 
-class YamlFileError(ValueError):
+class YamlFileError(InputError, ValueError):
     """A YAML file that cannot be used: ``file:line: reason`` (or ``file: reason`` with no line)."""
 
     def __init__(self, source: str, line: int | None, reason: str) -> None:

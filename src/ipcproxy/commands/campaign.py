@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..outputs import add_output_options
+
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
     from rich.table import Table
@@ -17,7 +19,8 @@ HELP = "run a fault-injection campaign"
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the results folder (resumed if it holds them)")
+    add_output_options(p, "a non-empty DIR")
     p.add_argument("-j", "--jobs", type=int, default=1)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("-q", "--quiet", action="store_true")
@@ -33,6 +36,8 @@ def campaign_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..errors import InputError, RunFailed
     from ..faults.campaign import CampaignError, Runner
     from ..faults.plan import PlanError, load_campaign
+    from ..oserror import reason
+    from ..outputs import OutputRules
     from .status import ExitStatus
 
     try:
@@ -41,8 +46,12 @@ def campaign_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise InputError(str(exc)) from None
     if args.jobs < 1:
         raise InputError("campaign: -j needs at least 1")
-    runner = Runner(campaign, args.output, args.jobs, args.seed)
+    runner = Runner(campaign, args.output, args.jobs, args.seed, OutputRules.from_args(args, [args.plan]))
     err = Console(file=sys.stderr)
+    try:
+        runner.prepare()  # the output folder, refused before any progress bar is drawn
+    except CampaignError as exc:
+        raise RunFailed(f"ipcproxy campaign: {exc}") from None
     try:
         if args.quiet:
             results = runner.run()
@@ -66,7 +75,7 @@ def campaign_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print("ipcproxy campaign: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except OSError as exc:
-        raise InputError(f"campaign: {exc}") from None
+        raise RunFailed(f"campaign: {exc.filename or args.output}: {reason(exc, writing=True)}") from None
     out = Console(file=sys.stdout, width=160)
     if results:
         out.print(summary_table(results))

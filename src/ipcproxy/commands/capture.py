@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..outputs import add_output_options
+
 
 def add_capture_options(p: argparse.ArgumentParser, manipulate: bool = True) -> None:
     """The trace and live-view options; with ``manipulate``, also policy, faults and scripts."""
     p.add_argument("-w", "--write", metavar="FILE", help="write the trace (.pcap/.pcapng: pcap)")
+    add_output_options(p, "the -w file")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print messages live")
     p.add_argument("--filter", metavar="EXPR", help="live view: only messages matching EXPR")
     p.add_argument("--no-args", action="store_true", help="do not decode arguments into the trace")

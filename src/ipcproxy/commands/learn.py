@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TextIO
 
+from ..outputs import add_output_options
+
 if TYPE_CHECKING:
     from ..policy.learn import Coverage, Learner
     from ..policy.model import Policy
@@ -15,7 +17,8 @@ HELP = "learn a least-privilege policy from traces"
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("traces", nargs="+", metavar="TRACE")
-    p.add_argument("-o", "--output", required=True, metavar="POLICY")
+    p.add_argument("-o", "--output", required=True, metavar="POLICY", help="the policy file to write (-: stdout)")
+    add_output_options(p, "POLICY")
     p.add_argument("--coarse", action="store_true", help="destination-only baseline policy")
     p.add_argument("--threshold", type=int, default=5, help="distinct values before an argument is generalised")
     p.add_argument("--ngram", type=int, default=2, help="length of the order model's n-grams (0: none)")
@@ -27,6 +30,7 @@ def learn_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from .. import __version__
     from ..errors import InputError
+    from ..outputs import OutputRules, check_file, write_file
     from ..policy.dump import dump_policy
     from ..policy.learn import Learner
     from ..trace.reader import TraceError
@@ -37,6 +41,9 @@ def learn_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise InputError("learn: --threshold must be at least 1")
     if args.ngram < 0:
         raise InputError("learn: --ngram cannot be negative")
+    rules = OutputRules.from_args(args, args.traces)
+    if args.output != "-":
+        check_file(args.output, rules)  # before reading the traces, which may take a while
     learner = Learner(args.threshold, args.ngram, args.coarse)
     try:
         for item in replay(args.traces):
@@ -57,11 +64,8 @@ def learn_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         out = sys.stderr
         sys.stdout.write(text)
     else:
-        try:
-            with open(args.output, "w", encoding="utf-8") as stream:
-                stream.write(text)
-        except OSError as exc:
-            raise InputError(f"cannot write {args.output}: {exc.strerror}") from None
+        data = text.encode("utf-8")
+        write_file(args.output, lambda stream: stream.write(data), rules)
     print_summary(learner, policy, args.output, kind, out)
     return ExitStatus.OK
 

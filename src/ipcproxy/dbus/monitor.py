@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import InputError, RunFailed
 from ..model import BUS_DRIVER_NAME, Message, MessageType
+from ..outputs import OutputRules
 from ..trace import records
 from ..trace.recorder import Recorder
 from ..trace.writer import DirectJsonlWriter, Sink, open_sink
@@ -377,10 +378,8 @@ def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any)
     pcap = bool(args.write) and args.write.endswith((".pcap", ".pcapng"))
     if args.write:
         head = records.header(**header)
-        try:
-            sinks.append(open_sink(args.write, head) if pcap else DirectJsonlWriter(args.write, head))
-        except OSError as exc:
-            raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
+        rules = OutputRules.from_args(args)
+        sinks.append(open_sink(args.write, head, rules) if pcap else DirectJsonlWriter(args.write, head, rules=rules))
     live = live_printer(args)
     decode = not args.no_args and (live is not None or not pcap)
     return Recorder(sinks, directory.endpoint, live, decode_args=decode)

@@ -104,7 +104,7 @@ class Runner:
     def _write_json(self, path: str, data: Any) -> None:
         _write_json(path, data, self.rules.mode)
 
-    def _check_dir(self) -> None:
+    def prepare(self) -> None:
         """Create the folder, or resume in one that holds this campaign's results (a non-empty other one
         only with --force; one holding another campaign's results never)."""
         existing = self.path("campaign.json")
@@ -259,7 +259,7 @@ class Runner:
     def run(self, progress: Progress | None = None) -> list[dict[str, Any]]:
         """The whole campaign; returns the results, ordered by run."""
         progress = progress or _quiet()
-        self._check_dir()
+        self.prepare()
         try:
             results, canons = self.golden(progress)
             if self.interrupted:

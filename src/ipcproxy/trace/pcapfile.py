@@ -22,6 +22,7 @@ from typing import IO
 
 from .. import __version__
 from ..dbus import wire
+from ..inputs import open_input
 
 DLT_DBUS = 231
 MAX_PACKET = wire.MAX_MESSAGE_SIZE + 4096  # anything larger is a corrupt length, not a message
@@ -57,8 +58,8 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
 
 def sniff(path: str) -> str:
-    """'pcap', 'pcapng', 'trace' or 'unknown', from the first bytes of the file."""
-    with open(path, "rb") as stream:
+    """'pcap', 'pcapng', 'trace' or 'unknown', from the first bytes of the file (a regular file)."""
+    with open_input(path, "input") as stream:
         return sniff_bytes(stream.read(4))
 
 
@@ -76,7 +77,7 @@ def sniff_bytes(head: bytes) -> str:
 def read_packets(path: str, warn: Warn = stderr_warn) -> Iterator[Packet]:
     """Every packet of a pcap or pcapng file, streaming; a truncated tail is warned about, not fatal."""
     kind = sniff(path)
-    with open(path, "rb") as stream:
+    with open_input(path, "capture") as stream:
         if kind == "pcap":
             yield from _read_pcap(stream, path, warn)
         elif kind == "pcapng":

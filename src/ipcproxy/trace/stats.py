@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..inputs import open_input
 from ..model import BUS_DRIVER_NAME, Endpoint
 from .reader import TraceError, iter_trace, read_header
 
@@ -367,7 +368,7 @@ def collect(paths: list[str]) -> Stats:
     stats = Stats()
     for path in paths:
         try:
-            with open(path, "rb") as stream:
+            with open_input(path, "trace") as stream:  # a regular file: a FIFO would hang
                 read_header(stream, path)
             stats.add_trace(iter_trace(path))
         except IsADirectoryError:
