@@ -34,6 +34,11 @@ _EITHER = {
     errno.ENFILE: "too many open files",
     errno.EIO: "input/output error",
     errno.ENXIO: "no such device, or a FIFO with nobody at the other end",
+    errno.ECONNREFUSED: "connection refused (nothing listens there)",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "timed out",
+    errno.EADDRINUSE: "address in use",
 }
 
 

@@ -20,6 +20,7 @@ from .dbus.bus import Directory
 from .dbus.proxy import ConnectionLimits, Proxy
 from .dbus.resolver import Resolver
 from .errors import InputError
+from .oserror import reason
 from .outputs import OutputRules
 from .scripting import ScriptError, load_script
 from .trace import records
@@ -127,8 +128,15 @@ class Service:
         """Connect the resolver, then listen (or serve on ``listener``, already bound: interpose)."""
         try:
             await asyncio.wait_for(self.resolver.start(), 10)
-        except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001
-            raise InputError(f"cannot connect to the bus at {self.proxy.upstream_text}: {exc}") from None
+        except TimeoutError:
+            raise InputError(
+                f"cannot connect to the bus at {self.proxy.upstream_text}: no answer within 10 s"
+            ) from None
+        except OSError as exc:
+            raise InputError(f"cannot connect to the bus at {self.proxy.upstream_text}: {reason(exc)}") from None
+        except Exception as exc:  # noqa: BLE001
+            why = str(exc) or type(exc).__name__
+            raise InputError(f"cannot connect to the bus at {self.proxy.upstream_text}: {why}") from None
         try:
             if listener is None:
                 address = self.proxy.listen()

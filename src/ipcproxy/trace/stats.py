@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import InputError
 from ..inputs import open_input
 from ..model import BUS_DRIVER_NAME, Endpoint
+from ..oserror import reason
 from .reader import TraceError, iter_trace, read_header
 
 MESSAGE_TYPES = ("method_call", "method_return", "error", "signal")
@@ -374,7 +375,7 @@ def collect(paths: list[str]) -> Stats:
         except IsADirectoryError:
             raise InputError(f"{path}: is a directory, not a trace") from None
         except OSError as exc:
-            raise InputError(f"{path}: {exc.strerror}") from None
+            raise InputError(f"cannot read trace {path}: {reason(exc)}") from None
         except TraceError as exc:
             raise InputError(str(exc)) from None
         stats.traces.append(path)
