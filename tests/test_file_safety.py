@@ -274,3 +274,17 @@ def test_diff_of_unrelated_traces_says_so(trace: Path, tmp_path: Path) -> None:
     assert d.returncode == 1, d.stderr
     assert "None" not in d.stdout
     assert "no sender in common" in d.stdout
+
+
+def test_syscall_trace_output_follows_the_same_rules(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    link = tmp_path / "t.jsonl"
+    link.symlink_to(mine)
+    refused(ipcproxy("trace", "-q", "-w", str(link), "--force", "--", "true"), "symbolic link")
+    assert mine.read_text() == "my notes\n"
+    out = tmp_path / "s.jsonl"
+    assert ipcproxy("trace", "-q", "-w", str(out), "--", "true").returncode == 0
+    assert mode_of(out) == 0o600
+    refused(ipcproxy("trace", "-q", "-w", str(out), "--", "true"), "exists and is not empty")
+    assert ipcproxy("trace", "-q", "-w", str(out), "--force", "--", "true").returncode == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
+from ..outputs import add_output_options
+
 HELP = "run CMD and record the IPC of its whole process tree at the syscall level"
 
 
@@ -20,6 +22,7 @@ def _size(text: str) -> int:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--write", metavar="FILE", help="write the trace (JSON Lines)")
+    add_output_options(p, "the -w file")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print messages live")
     p.add_argument(
         "--max-payload",
@@ -46,6 +49,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
 def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..errors import InputError
     from ..model import Endpoint
+    from ..outputs import OutputRules
     from ..runtime import live_printer
     from ..syscall.procfs import SystemFacts
     from ..syscall.tracer import SyscallTrace
@@ -66,11 +70,8 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise InputError(f"trace: {args.write}: syscall traces are JSON Lines only (pcap holds D-Bus messages)")
     sinks: list[Sink] = []
     if args.write:
-        try:
-            origin = {"attached": args.pid} if args.pid is not None else {"command": cmd}
-            sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin)))
-        except OSError as exc:
-            raise InputError(f"cannot write trace {args.write}: {exc.strerror}") from None
+        origin = {"attached": args.pid} if args.pid is not None else {"command": cmd}
+        sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin), OutputRules.from_args(args)))
     recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(args))
     try:
         tracer = SyscallTrace(
