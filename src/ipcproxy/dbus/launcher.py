@@ -44,11 +44,17 @@ while True:
     s.recv(1 << 20)
 """
 
+# systemd's part for dbus-broker: listen on the socket, then become the launcher with it as fd 3.
+# The socket is made (world-connectable, like dbus-daemon's) and listening under a temporary name
+# and only then renamed into place: whoever finds the path can connect at once (connections wait
+# in the backlog until the broker runs). A path that appeared at bind() would refuse connections
+# with ECONNREFUSED until listen(), a gap a busy machine sometimes stretches to milliseconds.
 SOCKET_EXEC = r"""
 import os, socket, sys
 path, cmd = sys.argv[1], sys.argv[2:]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(path); s.listen(512)
+s.bind(path + ".new"); os.chmod(path + ".new", 0o777); s.listen(512)
+os.rename(path + ".new", path)
 fd = s.detach()
 if fd != 3:
     os.dup2(fd, 3); os.close(fd)
@@ -100,9 +106,6 @@ class PrivateBus:
                 self.stop()
                 raise BusError(f"the private bus did not come up at {self.socket}")
             time.sleep(0.01)
-        # dbus-daemon makes its socket world-connectable (the policy decides who may do what);
-        # our socket-activation stand-in for dbus-broker binds it with the umask, so match that.
-        os.chmod(self.socket, 0o777)
         return self
 
     def _start_broker(self) -> None:
