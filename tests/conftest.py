@@ -56,6 +56,17 @@ def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test that fails on dbus-broker shows what the broker logged (a peer it disconnected, and why)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, PrivateBus) and value.broker:
+                report.sections.append(("dbus-broker's log", value.broker_log() or "(nothing)"))
+
+
 @pytest.fixture
 def bus() -> Iterator[PrivateBus]:
     """A fresh private dbus-daemon."""

@@ -33,15 +33,31 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 </busconfig>
 """
 
+# journald's part for dbus-broker: take its log entries and keep their messages in a file, so
+# that what the broker says (a peer disconnected for exceeding a quota, ...) can be read after
+# a failure instead of being lost.
+# dbus-broker-launch reads four of the limits above and multiplies them into per-user totals,
+# which dbus-broker counts in 32 bits: 100000 connections x 10^9 bytes arrived as 264 MiB (half
+# the broker's own default), and the broker disconnected a sender once that much was queued.
+# These come later, so they win there: each total is 65536 x 65535, the most it can count.
+BROKER_LIMITS = """
+  <limit name="max_connections_per_user">65536</limit>
+  <limit name="max_outgoing_bytes">65535</limit>
+  <limit name="max_outgoing_unix_fds">65535</limit>
+  <limit name="max_match_rules_per_connection">65535</limit>
+"""
+
 JOURNAL_SINK = r"""
 import os, socket, sys
-path = sys.argv[1]
+path, log = sys.argv[1], sys.argv[2]
 os.makedirs(os.path.dirname(path), exist_ok=True)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(path)
+out = open(log, "ab", buffering=0)
 sys.stdout.write("READY\n"); sys.stdout.flush()
 while True:
-    s.recv(1 << 20)
+    fields = s.recv(1 << 20).split(b"\n")
+    out.write(b"".join(f[8:] + b"\n" for f in fields if f.startswith(b"MESSAGE=")))
 """
 
 # systemd's part for dbus-broker: listen on the socket, then become the launcher with it as fd 3.
@@ -79,9 +95,11 @@ class PrivateBus:
         self.address = f"unix:path={self.socket}"
         self.config = os.path.join(self.dir, "bus.conf")
         with open(self.config, "w") as f:
-            f.write(BUS_CONFIG.format(bus_type=bus_type, socket=self.socket, extra=extra_config))
+            extra = (BROKER_LIMITS if broker else "") + extra_config
+            f.write(BUS_CONFIG.format(bus_type=bus_type, socket=self.socket, extra=extra))
         self.process: subprocess.Popen[bytes] | None = None
         self._sink: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(self.dir, "broker.log")  # what dbus-broker logged
 
     def start(self, timeout: float = 10.0) -> PrivateBus:
         if self.broker:
@@ -118,7 +136,7 @@ class PrivateBus:
         journal = os.path.join(self.dir, "journal")
         os.makedirs(journal)
         self._sink = subprocess.Popen(
-            [sys.executable, "-c", JOURNAL_SINK, os.path.join(journal, "socket")],
+            [sys.executable, "-c", JOURNAL_SINK, os.path.join(journal, "socket"), self.log_path],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -139,6 +157,14 @@ class PrivateBus:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+    def broker_log(self) -> str:
+        """The messages dbus-broker and its launcher logged so far (empty for dbus-daemon)."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     def stop(self) -> None:
         for proc in (self.process, self._sink):
