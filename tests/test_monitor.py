@@ -70,7 +70,7 @@ def test_monitor_records_traffic_between_others(any_bus: PrivateBus, services: A
         "--method",
         "org.freedesktop.DBus.Peer.Ping",
     )
-    assert mon.stop(signal.SIGINT) == 0
+    assert mon.stop(signal.SIGINT) == 130
     recs = mon.records()
     head = trace_header(mon.trace)
     assert head["mode"] == "monitor" and head["capture"] == "BecomeMonitor"
@@ -113,7 +113,7 @@ def test_monitor_match_rules_and_sigterm(bus: PrivateBus, services: Any, monitor
     mon = monitor_factory(bus.address, "type='signal'")
     services.dbusmock(bus.address)
     busctl(bus.address, "introspect", MOCK, "/org/example/Mock")
-    assert mon.stop(signal.SIGTERM) == 0
+    assert mon.stop(signal.SIGTERM) == 143
     msgs = messages(mon.records())
     assert msgs and {r["type"] for r in msgs} == {"signal"}
     assert any(r["member"] == "NameOwnerChanged" and r["args"][0] == MOCK for r in msgs)
@@ -211,7 +211,7 @@ def test_monitor_loses_nothing_with_64k_messages(bus: PrivateBus, services: Any,
     mon = monitor_factory(bus.address)
     count, size = 300, 65536
     assert echo_calls(bus.address, count, bytes(range(256)) * (size // 256)) == count
-    assert mon.stop(signal.SIGINT) == 0
+    assert mon.stop(signal.SIGINT) == 130
     msgs = messages(mon.records())
     calls = [m for m in msgs if m["type"] == "method_call" and m["member"] == "Echo"]
     returns = [m for m in msgs if m["type"] == "method_return" and m["signature"] == "ay"]
@@ -247,7 +247,7 @@ def test_monitor_falls_back_to_eavesdropping_when_refused(services: Any, monitor
         mon = monitor_factory(b.address)
         services.dbusmock(b.address)
         busctl(b.address, "introspect", MOCK, "/org/example/Mock")
-        assert mon.stop() == 0
+        assert mon.stop() == 130  # SIGINT
         assert "BecomeMonitor refused" in mon.stderr() and "eavesdropping" in mon.stderr()
         assert trace_header(mon.trace)["capture"] == "eavesdrop"
         msgs = messages(mon.records())
@@ -260,7 +260,7 @@ def test_monitor_writes_pcap(bus: PrivateBus, services: Any, monitor_factory: An
     wait_for(lambda: mon.trace.exists() and mon.trace.stat().st_size >= 24, 15, "the pcap header")
     services.dbusmock(bus.address)
     busctl(bus.address, "introspect", MOCK, "/org/example/Mock")
-    assert mon.stop() == 0
+    assert mon.stop() == 130  # SIGINT
     data = mon.trace.read_bytes()
     assert int.from_bytes(data[20:24], "little") == 231  # DLT_DBUS
     assert b"Introspect" in data and b"org.example.Mock" in data

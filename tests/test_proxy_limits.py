@@ -70,7 +70,7 @@ def test_malformed_frames_close_only_their_sender(any_bus: Any, proxy_factory: A
     late = RawClient(proxy.address)
     late.hello()
     late.driver("ListNames")
-    assert proxy.stop() == 0
+    assert proxy.stop() == 143  # SIGTERM
     records = proxy.records()
     events = [r for r in records if r["type"] == "event"]
     for kind, name in offenders.items():
@@ -126,7 +126,7 @@ def test_bad_authentication_closes_only_that_client(bus: Any, proxy_factory: Any
     s.sendall(b"\0AUTH EXTERNAL " + other_uid + b"\r\n")
     assert s.recv(100) == b"REJECTED EXTERNAL\r\n"
     s.close()
-    assert proxy.stop() == 0
+    assert proxy.stop() == 143  # SIGTERM
     events = [r for r in proxy.records() if r["type"] == "event"]
     failed = [e for e in events if e["event"] == "disconnect" and "authentication failed" in e["reason"]]
     assert len(failed) == len(cases)
@@ -143,7 +143,7 @@ def test_message_the_bus_rejects_closes_only_that_client(any_bus: Any, proxy_fac
     assert bad.wait_closed()
     assert bystander.driver("GetId").args
     assert proxy.proc.poll() is None
-    assert proxy.stop() == 0
+    assert proxy.stop() == 143  # SIGTERM
 
 
 def test_100_mib_message_passes_both_ways(any_bus: Any, proxy_factory: Any) -> None:
@@ -179,7 +179,7 @@ def test_100_mib_message_passes_both_ways(any_bus: Any, proxy_factory: Any) -> N
     assert sender.driver("GetId").args and receiver.driver("GetId").args
     sender.close()
     receiver.close()
-    assert proxy.stop() == 0
+    assert proxy.stop() == 143  # SIGTERM
     sizes = {(r["direction"], r["size"]) for r in messages(proxy.records()) if r["member"] == "Big"}
     assert {d for d, _ in sizes} == {"to_bus", "from_bus"}
     assert all(size >= len(big) for _, size in sizes)

@@ -122,6 +122,7 @@ class Service:
         self.resolver = Resolver(upstream, directory)
         self.stop_event = asyncio.Event()
         self.stop_reason: str | None = None
+        self.stop_signal: int | None = None  # the signal that stopped us: exit 128 + it
         self.failed = False
 
     async def start(self, listener: socket.socket | None = None) -> str:
@@ -159,7 +160,7 @@ class Service:
         gc.collect()
         gc.freeze()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+            self.loop.add_signal_handler(sig, self.signalled, sig)
         self.loop.add_signal_handler(signal.SIGHUP, reload_chain, self.chain)
         self._tasks = [asyncio.ensure_future(self._watch_bus()), asyncio.ensure_future(self._kick_resolver())]
         return address
@@ -175,10 +176,19 @@ class Service:
             self.failed = True
             self.request_stop(f"the bus at {self.proxy.upstream_text} went away")
 
+    def signalled(self, sig: int) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = sig
+        self.request_stop(f"signal {signal.Signals(sig).name}")
+
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.stop_event.set()
+
+    def exit_status(self) -> int:
+        """0, or 128 + the signal that stopped us, as a shell reports a job ended by that signal."""
+        return 128 + self.stop_signal if self.stop_signal is not None else 0
 
     def close(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command imports its machinery when it runs: `ipcproxy --help` stays quick
+    import asyncio
 
 from .capture import add_capture_options
 
@@ -28,17 +32,21 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="wait until NAME is owned on the bus before starting CMD",
     )
+    p.add_argument(
+        "--keep-children",
+        action="store_true",
+        help="leave processes CMD started running when it ends (default: end them)",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
 
 
 def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import asyncio
-    import contextlib
     import os
-    import shlex
     import signal
     import sys
 
+    from .. import proctree
     from ..dbus.bus import Directory
     from ..dbus.launcher import BusError, PrivateBus
     from ..errors import InputError
@@ -76,60 +84,49 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     async def go() -> int:
         service = Service(bus.address, listen, chain, recorder, directory, connection_limits(args))
         address = await service.start()
-        child_env = dict(env)
-        child_env["DBUS_SESSION_BUS_ADDRESS"] = address
-        if args.system_too:
-            child_env["DBUS_SYSTEM_BUS_ADDRESS"] = address
-        services: list[asyncio.subprocess.Process] = []
+        child_env = command_environment(env, address, system=args.system_too)
+        services: list[tuple[str, asyncio.subprocess.Process]] = []
         status: int = ExitStatus.FAILED
         try:
             for line in args.service:
-                try:
-                    argv = shlex.split(line)
-                    if not argv:
-                        raise ValueError("empty command")
-                    services.append(await asyncio.create_subprocess_exec(*argv, env=child_env, start_new_session=True))
-                except ValueError as exc:
-                    raise InputError(f"run: --service {line!r}: {exc}") from None
-                except OSError as exc:
-                    raise InputError(f"run: cannot start service {line!r}: {exc.strerror}") from None
+                services.append((line, await _start_service(line, child_env)))
             if args.wait_for:
                 await wait_for_names(directory, args.wait_for, 10.0, service)
-            try:
-                child = await asyncio.create_subprocess_exec(*cmd, env=child_env)
+            error = proctree.program_error(cmd[0], child_env.get("PATH"))
+            if error is not None:
+                raise InputError(f"cannot run {cmd[0]}: {error}")
+            try:  # the keeper owns the command's whole process tree (src/ipcproxy/proctree.py)
+                child = await asyncio.create_subprocess_exec(
+                    *proctree.keeper_argv(cmd, keep_children=args.keep_children), env=child_env
+                )
             except OSError as exc:
                 raise InputError(f"cannot run {cmd[0]}: {exc.strerror}") from None
             waiter = asyncio.ensure_future(child.wait())
             stopper = asyncio.ensure_future(service.stop_event.wait())
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), 5)
-                except TimeoutError:
-                    child.kill()
-                    await waiter
+            if not waiter.done():  # a signal, or the bus went away: the command ends first
+                await _end(child, service.stop_signal or signal.SIGTERM)
             stopper.cancel()
             status = child.returncode if child.returncode is not None else ExitStatus.FAILED
-            if status < 0:
-                status = 128 - status
+            recorder.event("run", step="command_exit", exit_status=status)
         finally:
-            for proc in services:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in services:
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+            if services:  # then the services, while the bus and the proxy still carry their last words
+                for _line, proc in services:
+                    _signal(proc, signal.SIGTERM)
+                for _line, proc in services:
+                    await _end(proc, None)
+                recorder.event(
+                    "run",
+                    step="services_stop",
+                    services=[{"command": line, "exit_status": proc.returncode} for line, proc in services],
+                )
             # let the last messages (disconnects) pass through before closing
             await asyncio.sleep(0.05)
+            recorder.event("run", step="bus_stop")
             service.close()
         if service.failed:
             print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
-        return status
+        return service.exit_status() or status
 
     try:
         return loop.run_until_complete(go())
@@ -137,3 +134,67 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         recorder.close()
         loop.close()
         bus.stop()
+
+
+# what dbus-run-session removes: they would name a bus other than the one the command gets
+FOREIGN_BUS_VARIABLES = (
+    "DBUS_STARTER_ADDRESS",
+    "DBUS_STARTER_BUS_TYPE",
+    "DBUS_SESSION_BUS_PID",
+    "DBUS_SESSION_BUS_WINDOWID",
+)
+
+
+def command_environment(env: Mapping[str, str], address: str, system: bool) -> dict[str, str]:
+    """The command's environment, as dbus-run-session makes it: the private bus, no trace of another."""
+    child_env = {k: v for k, v in env.items() if k not in FOREIGN_BUS_VARIABLES}
+    child_env["DBUS_SESSION_BUS_ADDRESS"] = address
+    if system:
+        child_env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+    return child_env
+
+
+async def _start_service(line: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """A --service, below a keeper of its own (its whole tree ends with it)."""
+    import asyncio
+    import shlex
+
+    from .. import proctree
+    from ..errors import InputError
+
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise InputError(f"run: --service {line!r}: {exc}") from None
+    if not argv:
+        raise InputError(f"run: --service {line!r}: empty command")
+    error = proctree.program_error(argv[0], env.get("PATH"))
+    if error is not None:
+        raise InputError(f"run: cannot start service {line!r}: {error}")
+    try:
+        return await asyncio.create_subprocess_exec(*proctree.keeper_argv(argv), env=env, start_new_session=True)
+    except OSError as exc:
+        raise InputError(f"run: cannot start service {line!r}: {exc.strerror}") from None
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    import contextlib
+
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+
+
+async def _end(proc: asyncio.subprocess.Process, sig: int | None) -> None:
+    """Ask a keeper to end its tree (it gives the tree the grace period), and wait; kill it if it hangs."""
+    import asyncio
+    import signal
+
+    from .. import proctree
+
+    if sig is not None:
+        _signal(proc, sig)
+    try:
+        await asyncio.wait_for(proc.wait(), 2 * proctree.GRACE_S + 10)
+    except TimeoutError:
+        _signal(proc, signal.SIGKILL)
+        await proc.wait()

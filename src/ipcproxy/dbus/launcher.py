@@ -11,6 +11,8 @@ import sys
 import tempfile
 import time
 
+from .. import proctree
+
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -108,8 +110,8 @@ class PrivateBus:
             exe = shutil.which("dbus-daemon")
             if exe is None:
                 raise BusError("dbus-daemon is not installed (apt-get install dbus-daemon)")
-            self.process = subprocess.Popen(
-                [exe, f"--config-file={self.config}", "--nofork", "--print-address=1"],
+            self.process = subprocess.Popen(  # under a keeper: a SIGKILLed owner leaves no bus behind
+                proctree.keeper_argv([exe, f"--config-file={self.config}", "--nofork", "--print-address=1"]),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -136,7 +138,7 @@ class PrivateBus:
         journal = os.path.join(self.dir, "journal")
         os.makedirs(journal)
         self._sink = subprocess.Popen(
-            [sys.executable, "-c", JOURNAL_SINK, os.path.join(journal, "socket"), self.log_path],
+            proctree.keeper_argv([sys.executable, "-c", JOURNAL_SINK, os.path.join(journal, "socket"), self.log_path]),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -151,7 +153,7 @@ class PrivateBus:
         )
         env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=self.address)
         self.process = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            proctree.keeper_argv(["unshare", "-m", "--propagation", "private", "sh", "-c", script]),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
