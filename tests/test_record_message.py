@@ -68,7 +68,7 @@ async def _pass_an_fd(address: str) -> None:
 def _record_session(bus: Any, proxy_factory: Any, *extra: str) -> Path:
     proxy = proxy_factory(bus.address, *extra)
     asyncio.run(asyncio.wait_for(_pass_an_fd(proxy.address), 30))
-    assert proxy.stop() == 0, proxy.stderr()
+    assert proxy.stop() == 143, proxy.stderr()  # SIGTERM
     return Path(proxy.trace)
 
 

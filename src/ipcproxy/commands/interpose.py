@@ -91,4 +91,4 @@ async def _interpose(
         takeover.close()
     if service.failed:
         raise RunFailed(str(service.stop_reason))
-    return ExitStatus.OK
+    return service.exit_status() or ExitStatus.OK

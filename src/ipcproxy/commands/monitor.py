@@ -52,7 +52,8 @@ def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     asyncio.set_event_loop(loop)
     directory = Directory()
     try:
-        loop.run_until_complete(run_monitor(args, address, directory, loop))
+        stop_signal = loop.run_until_complete(run_monitor(args, address, directory, loop))
     finally:
         loop.close()
-    return ExitStatus.OK
+    # stopped by signal N: 128 + N, as a shell reports a job ended by that signal
+    return 128 + stop_signal if stop_signal is not None else ExitStatus.OK

@@ -52,7 +52,7 @@ def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             service.close()
         if service.failed:
             raise RunFailed(str(service.stop_reason))
-        return ExitStatus.OK
+        return service.exit_status() or ExitStatus.OK
 
     try:
         return loop.run_until_complete(go())

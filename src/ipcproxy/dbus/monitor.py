@@ -387,8 +387,8 @@ def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any)
 
 async def run_monitor(
     args: argparse.Namespace, address: str, directory: Directory, loop: asyncio.AbstractEventLoop
-) -> None:
-    """Capture the bus at ``address`` until a signal or a failure (RunFailed) ends it."""
+) -> int | None:
+    """Capture the bus at ``address`` until a signal (returned) or a failure (RunFailed) ends it."""
     rules = list(args.match or [])
     resolver = Resolver(address, directory)
     try:
@@ -439,17 +439,19 @@ async def run_monitor(
     )
     recorder.flush()  # the start record tells a reader of the trace that capture has begun
     stop_reason: list[str] = []
+    stop_signal: list[int] = []
 
-    def request_stop(reason: str) -> None:
+    def request_stop(sig: int) -> None:
         if stop_reason:  # a second signal: stop now
             monitor.drain()
             monitor.done.set()
             return
-        stop_reason.append(reason)
+        stop_reason.append(f"signal {signal.Signals(sig).name}")
+        stop_signal.append(sig)
         asyncio.ensure_future(monitor.settle())
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop, f"signal {signal.Signals(sig).name}")
+        loop.add_signal_handler(sig, request_stop, sig)
     kicker = asyncio.ensure_future(_kick(resolver, directory, monitor))
     try:
         monitor.start()
@@ -466,6 +468,7 @@ async def run_monitor(
         recorder.close()
     if monitor.failure is not None:
         raise RunFailed(f"{monitor.failure} ({address})")
+    return stop_signal[0] if stop_signal else None
 
 
 async def _kick(resolver: Resolver, directory: Directory, monitor: Monitor) -> None:
