@@ -57,8 +57,8 @@ def closed_by_proxy(s: socket.socket) -> bool:
 
 def test_idle_connections_open_no_upstream_connection(bus: Any, proxy_factory: Any) -> None:
     proxy = proxy_factory(bus.address)
-    assert bus.process is not None
-    daemon = bus.process.pid
+    daemon = bus.daemon_pid
+    assert daemon is not None
     before = fd_count(daemon)
     with idle_clients(proxy.address, 10), idle_clients(proxy.address, 10, b"\0AUTH EXTERNAL 30"):
         wait_for(lambda: len(events(proxy, "connect")) == 20, what="20 accepted connections")

@@ -168,6 +168,14 @@ class PrivateBus:
         except FileNotFoundError:
             return ""
 
+    @property
+    def daemon_pid(self) -> int | None:
+        """The bus's own process, dbus-daemon or dbus-broker-launch (``process`` is the keeper above it)."""
+        if self.process is None:
+            return None
+        below = proctree.children(self.process.pid)
+        return below[0] if below else None
+
     def stop(self) -> None:
         for proc in (self.process, self._sink):
             if proc is None or proc.poll() is not None:
