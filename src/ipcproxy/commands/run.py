@@ -19,6 +19,18 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", action="store_true", help="use dbus-broker instead of dbus-daemon")
     p.add_argument("--system-too", action="store_true", help="point DBUS_SYSTEM_BUS_ADDRESS at it as well")
     p.add_argument(
+        "--system-bus",
+        action="store_true",
+        help="make the private bus a system bus: system services activatable, DBUS_SYSTEM_BUS_ADDRESS set too",
+    )
+    p.add_argument(
+        "--service-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also activate the .service files in DIR (repeatable; searched first)",
+    )
+    p.add_argument(
         "--service",
         action="append",
         default=[],
@@ -48,7 +60,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from .. import proctree
     from ..dbus.bus import Directory
-    from ..dbus.launcher import BusError, PrivateBus
+    from ..dbus.launcher import Activation, BusError, PrivateBus
     from ..errors import InputError
     from ..runtime import Service, build_chain, connection_limits, make_recorder, new_loop, wait_for_names
     from .status import ExitStatus
@@ -59,9 +71,18 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if not cmd:
         raise InputError("run: give the command to run after --, e.g. ipcproxy run -- busctl --user list")
     chain = build_chain(args)
-    try:
-        bus = PrivateBus(broker=args.broker).start()
+    for directory in args.service_dir:
+        if not os.path.isdir(directory):
+            raise InputError(f"run: --service-dir {directory}: not a directory")
+    system = args.system_too or args.system_bus
+    standard = "system" if args.system_bus else "session"
+    service_dirs = [os.path.abspath(d) for d in args.service_dir]
+    bus = PrivateBus(broker=args.broker, activation=Activation(standard, tuple(service_dirs)))
+    listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
+    try:  # the bus starts the services it activates with the command's environment: behind the proxy too
+        bus.start(env=command_environment(env, listen, system))
     except BusError as exc:
+        bus.stop()
         raise InputError(str(exc)) from None
     loop = new_loop()
     asyncio.set_event_loop(loop)
@@ -74,17 +95,18 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             mode="run",
             command=cmd,
             bus="dbus-broker" if args.broker else "dbus-daemon",
+            service_dirs=service_dirs,
+            standard_service_dirs=standard,
         )
     except BaseException:
         loop.close()
         bus.stop()
         raise
-    listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
 
     async def go() -> int:
         service = Service(bus.address, listen, chain, recorder, directory, connection_limits(args))
         address = await service.start()
-        child_env = command_environment(env, address, system=args.system_too)
+        child_env = command_environment(env, address, system)
         services: list[tuple[str, asyncio.subprocess.Process]] = []
         status: int = ExitStatus.FAILED
         try:

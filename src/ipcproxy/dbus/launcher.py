@@ -10,15 +10,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 from .. import proctree
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
-  <type>{bus_type}</type>
+  {bus_type}
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
+  {activation}
   <policy context="default">
     <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
@@ -86,24 +90,69 @@ class BusError(RuntimeError):
     """The private bus could not be started."""
 
 
+STANDARD_SERVICE_DIRS = {"session": "<standard_session_servicedirs/>", "system": "<standard_system_servicedirs/>"}
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """What the bus may start on demand (D-Bus activation), as the bus of dbus-run-session can.
+
+    ``standard``: the standard service directories of a session bus ($XDG_DATA_HOME/dbus-1/services,
+    each of $XDG_DATA_DIRS/dbus-1/services, ...) or of a system bus (/usr/share/dbus-1/system-services,
+    ...), or none. ``service_dirs`` come first: a .service file there wins over one of the same
+    name elsewhere.
+    """
+
+    standard: str | None = "session"
+    service_dirs: tuple[str, ...] = ()
+
+    def config(self) -> str:
+        lines = [f"<servicedir>{escape(os.path.abspath(d))}</servicedir>" for d in self.service_dirs]
+        if self.standard is not None:
+            lines.append(STANDARD_SERVICE_DIRS[self.standard])
+        return "\n  ".join(lines)
+
+
 class PrivateBus:
     """A fresh bus in a temporary directory; ``address`` is where to connect."""
 
-    def __init__(self, broker: bool = False, bus_type: str = "session", extra_config: str = "") -> None:
+    def __init__(
+        self,
+        broker: bool = False,
+        bus_type: str = "session",
+        extra_config: str = "",
+        activation: Activation | None = None,
+    ) -> None:
         self.broker = broker
+        self.activation = activation
         self.dir = tempfile.mkdtemp(prefix="ipcproxy-bus-")
         os.chmod(self.dir, 0o755)
         self.socket = os.path.join(self.dir, "bus.sock")
         self.address = f"unix:path={self.socket}"
         self.config = os.path.join(self.dir, "bus.conf")
         with open(self.config, "w") as f:
-            extra = (BROKER_LIMITS if broker else "") + extra_config
-            f.write(BUS_CONFIG.format(bus_type=bus_type, socket=self.socket, extra=extra))
+            f.write(
+                BUS_CONFIG.format(
+                    # with activation, no bus type: dbus-daemon would give the services it starts its own
+                    # address as DBUS_SESSION_BUS_ADDRESS, over the one they are meant to use (the proxy)
+                    bus_type="" if activation is not None else f"<type>{bus_type}</type>",
+                    socket=self.socket,
+                    activation=activation.config() if activation is not None else "",
+                    extra=(BROKER_LIMITS if broker else "") + extra_config,
+                )
+            )
+        self.env: Mapping[str, str] = os.environ
         self.process: subprocess.Popen[bytes] | None = None
         self._sink: subprocess.Popen[bytes] | None = None
+        self._starter: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(self.dir, "broker.log")  # what dbus-broker logged
 
-    def start(self, timeout: float = 10.0) -> PrivateBus:
+    def start(self, timeout: float = 10.0, env: Mapping[str, str] | None = None) -> PrivateBus:
+        """``env``: the bus's environment, which the services it activates inherit. Its XDG_DATA_HOME
+        and XDG_DATA_DIRS choose the standard session service directories; its DBUS_SESSION_BUS_ADDRESS
+        (and DBUS_SYSTEM_BUS_ADDRESS) are where those services connect (the bus itself if unset)."""
+        if env is not None:
+            self.env = env
         if self.broker:
             self._start_broker()
         else:
@@ -112,6 +161,7 @@ class PrivateBus:
                 raise BusError("dbus-daemon is not installed (apt-get install dbus-daemon)")
             self.process = subprocess.Popen(  # under a keeper: a SIGKILLed owner leaves no bus behind
                 proctree.keeper_argv([exe, f"--config-file={self.config}", "--nofork", "--print-address=1"]),
+                env=self._environment(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -126,7 +176,26 @@ class PrivateBus:
                 self.stop()
                 raise BusError(f"the private bus did not come up at {self.socket}")
             time.sleep(0.01)
+        if self.broker and self.activation is not None:
+            self._start_unit_starter()
         return self
+
+    def _start_unit_starter(self) -> None:
+        """dbus-broker activates through systemd; where there is none, our stand-in takes its name."""
+        assert self.activation is not None
+        scope = "system" if self.activation.standard == "system" else "user"
+        argv = [sys.executable, "-m", "ipcproxy.dbus.unitstarter", self.address, scope, *self.activation.service_dirs]
+        self._starter = subprocess.Popen(
+            proctree.keeper_argv(argv),
+            env=self._environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self._starter.stdout is not None
+        if self._starter.stdout.readline().strip() != b"READY":
+            self.stop()
+            raise BusError("the activation helper for dbus-broker did not start")
 
     def _start_broker(self) -> None:
         """dbus-broker-launch without systemd: socket as fd 3, a stand-in journald socket."""
@@ -151,7 +220,8 @@ class PrivateBus:
             f" exec {sys.executable} -c '{SOCKET_EXEC}' {self.socket}"
             f" {launch} --scope user --config-file {self.config}"
         )
-        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=self.address)
+        # dbus-broker-launch connects to the bus it manages as a client too (sd_bus_open_user)
+        env = dict(self._environment(), DBUS_SESSION_BUS_ADDRESS=self.address)
         self.process = subprocess.Popen(
             proctree.keeper_argv(["unshare", "-m", "--propagation", "private", "sh", "-c", script]),
             env=env,
@@ -176,19 +246,27 @@ class PrivateBus:
         below = proctree.children(self.process.pid)
         return below[0] if below else None
 
+    def _environment(self) -> dict[str, str]:
+        """The bus's environment: what the services it activates inherit."""
+        env = dict(self.env)
+        env.setdefault("DBUS_SESSION_BUS_ADDRESS", self.address)
+        if self.activation is not None and self.activation.standard == "system":
+            env.setdefault("DBUS_SYSTEM_BUS_ADDRESS", self.address)
+        return env
+
     def stop(self) -> None:
-        for proc in (self.process, self._sink):
+        for proc in (self._starter, self.process, self._sink):
             if proc is None or proc.poll() is not None:
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
+            try:  # a keeper: it gives its tree the grace period twice at most
+                proc.wait(2 * proctree.GRACE_S + 5)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        for proc in (self.process, self._sink):
+        for proc in (self._starter, self.process, self._sink):
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)

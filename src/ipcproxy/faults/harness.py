@@ -22,7 +22,7 @@ from typing import Any
 
 from ..chain import Chain, Context
 from ..dbus.bus import Directory
-from ..dbus.launcher import PrivateBus
+from ..dbus.launcher import Activation, PrivateBus
 from ..dbus.proxy import Proxy
 from ..dbus.resolver import Resolver
 from ..model import Verdict
@@ -175,7 +175,12 @@ class Run:
     async def execute(self) -> RunResult:
         c, spec = self.campaign, self.spec
         t0 = time.monotonic()
-        bus = PrivateBus().start()
+        # D-Bus activation as on a session bus (or, with system_bus, a system bus), behind the proxy
+        activation = Activation("system" if c.system_bus else "session", tuple(c.service_dirs))
+        bus = PrivateBus(activation=activation)
+        proxied = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
+        base_env = {**os.environ, "PYTHON": sys.executable, **c.env}
+        bus.start(env={**base_env, "DBUS_SESSION_BUS_ADDRESS": proxied, "DBUS_SYSTEM_BUS_ADDRESS": proxied})
         loop = asyncio.get_running_loop()
         directory = Directory()
         header = records.header(bus_address=bus.address, mode="campaign", campaign=c.path, run=spec.run)
@@ -186,8 +191,7 @@ class Run:
         sink = JsonlWriter(spec.trace_path, header, OutputRules(force=True, mode=spec.file_mode))
         recorder = Recorder([sink], directory.endpoint, decode_args=True)
         self.recorder = recorder
-        listen = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
-        base_env = {**os.environ, "PYTHON": sys.executable, **c.env}
+        listen = proxied
         direct_env = {**base_env, "DBUS_SESSION_BUS_ADDRESS": bus.address, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
         chain = self._chain(bus.address, direct_env)
         proxy = Proxy(bus.address, listen, chain, recorder, directory, loop=loop)

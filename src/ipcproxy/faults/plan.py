@@ -208,6 +208,8 @@ class Campaign:
     faults: list[FaultSpec] = field(default_factory=list)
     enumerate: EnumerateSpec | None = None
     env: dict[str, str] = field(default_factory=dict)
+    service_dirs: list[str] = field(default_factory=list)  # absolute: searched for .service files first
+    system_bus: bool = False  # the private bus activates system services, not session ones
     digest: str = ""
 
     @property
@@ -522,6 +524,8 @@ _CAMPAIGN_KEYS = {
     "faults",
     "enumerate",
     "env",
+    "service_dirs",
+    "system_bus",
 }
 
 
@@ -586,6 +590,14 @@ def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
     if not faults and enum_spec is None:
         raise ctx.fail(doc, None, "campaign lists no faults and no enumerate")
     golden = _int(ctx, doc, "golden_runs", 1) if "golden_runs" in doc else 3
+    system_bus = doc.get("system_bus", False)
+    if not isinstance(system_bus, bool):
+        raise ctx.fail(doc, "system_bus", "system_bus must be true or false")
+    base_dir = os.path.dirname(os.path.abspath(path))
+    service_dirs = [os.path.join(base_dir, d) for d in _str_list(ctx, doc, "service_dirs")]
+    for d in service_dirs:
+        if not os.path.isdir(d):
+            raise ctx.fail(doc, "service_dirs", f"service_dirs: {d} is not a directory")
     return Campaign(
         path=path,
         seed=_int(ctx, doc, "seed") if "seed" in doc else 0,
@@ -598,6 +610,8 @@ def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
         faults=faults,
         enumerate=enum_spec,
         env={k: str(v) for k, v in env.items()},
+        service_dirs=service_dirs,
+        system_bus=system_bus,
         digest=hashlib.sha256(json.dumps(plain(doc), sort_keys=True, default=str).encode()).hexdigest()[:16],
     )
 
