@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(dbus-daemon dbus-bin dbus-broker systemd xdg-dbus-proxy tshark python3-dbusmock python3-gi
           libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc python3-dev util-linux strace procps apparmor
-          socat gcc-i686-linux-gnu libc6-dev-i386-cross)
+          socat gcc-i686-linux-gnu libc6-dev-i386-cross dconf-service dconf-cli polkitd)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
