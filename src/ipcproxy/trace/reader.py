@@ -240,13 +240,22 @@ def _records(
 
 
 def _read_line(stream: IO[bytes], path: str, follow: bool, header: bytes) -> bytes | None:
-    """The next line (maybe partial); None at the end (when following: once the file was rewritten)."""
+    """The next line (maybe partial); None at the end (when following: once the file was rewritten).
+
+    Bytes that arrive after a wait may come from a new writer that truncated
+    the file and has already outgrown our position, so they count only if the
+    file is still the one we were reading once they have been read.
+    """
+    waited = False
     while True:
         line = stream.readline()
         if line:
+            if waited and _rewritten(stream, path, header):
+                return None
             return line
         if not follow or _rewritten(stream, path, header):
             return None
+        waited = True
         time.sleep(FOLLOW_POLL)
 
 
@@ -258,6 +267,8 @@ def _read_exact(stream: IO[bytes], path: str, follow: bool, header: bytes, size:
             return None
         time.sleep(FOLLOW_POLL)
         data += stream.read(size - len(data))
+        if _rewritten(stream, path, header):  # what came after the wait may be a new writer's
+            return None
     return data
 
 
