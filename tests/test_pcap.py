@@ -239,7 +239,8 @@ def test_trace_without_arguments_keeps_headers(trace: Path, tmp_path: Path, caps
 
 
 def _capture_until_seen(address: str, capture: Path, probe_member: str = "GetId") -> None:
-    """Make probe calls until the capturing tool is seen to record them (it is then monitoring)."""
+    """Make probe calls until the capturing tool is seen to record them: it is monitoring then, and has
+    written everything the bus passed on before them."""
 
     def seen() -> bool:
         busctl(address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", probe_member)
@@ -315,6 +316,8 @@ def test_real_capture_converts_into_a_trace(
     try:
         _capture_until_seen(bus.address, capture)
         _client_calls(bus.address)
+        # a probe after the clients: once it is in the capture, so is everything they did
+        _capture_until_seen(bus.address, capture, "ListActivatableNames")
     finally:
         _stop(proc)
     assert capture.read_bytes()[:4] == (b"\xd4\xc3\xb2\xa1" if tool == "dbus-monitor" else b"\x0a\x0d\x0d\x0a")
