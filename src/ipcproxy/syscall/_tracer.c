@@ -1,8 +1,9 @@
 /* The syscall transport's compiled stop loop: ptrace + a seccomp filter, nothing else.
  *
- * Why compiled: every traced IPC syscall costs three ptrace stops (the seccomp stop, the
- * syscall-entry stop, the syscall-exit stop); a Python loop around them was several times
- * slower than strace. Here one call (``Tracer.wait``) services every stop that is ready,
+ * Why compiled: every traced IPC syscall costs two ptrace stops (the seccomp stop at entry,
+ * the syscall-exit stop; seccomp runs after the entry report, so resuming with PTRACE_SYSCALL
+ * from the seccomp stop goes straight to the exit), and a Python loop around them was
+ * several times slower than strace. Here one call (``Tracer.wait``) services every stop that is ready,
  * without the GIL, and hands Python a batch of compact binary events: one per IPC syscall
  * (or per message of sendmmsg/recvmmsg), read at syscall exit when the result is known,
  * with the fd's inode and up to ``max_payload`` bytes of payload copied out of the tracee
