@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..dbus.proxy import ConnectionLimits
+    from ..runtime import CaptureOptions
 
 from ..outputs import add_output_options
 
@@ -57,3 +62,31 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
         return value
 
     return parse
+
+
+def capture_options(args: argparse.Namespace, *, live_to_stdout: bool = False) -> CaptureOptions:
+    """The runtime's options from the parsed capture options (monitor has no chain options)."""
+    from ..outputs import OutputRules
+    from ..runtime import CaptureOptions
+
+    options = CaptureOptions(
+        write=args.write,
+        quiet=args.quiet,
+        filter=args.filter,
+        no_args=args.no_args,
+        live_to_stdout=live_to_stdout,
+        policy=getattr(args, "policy", None),
+        mode=getattr(args, "mode", "enforce"),
+        faults=getattr(args, "faults", None),
+        seed=getattr(args, "seed", None),
+        scripts=list(getattr(args, "script", None) or []),
+    )
+    options.output_rules = OutputRules.from_args(args, options.input_files())
+    return options
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """--auth-timeout and --max-pending: what clients that have not authenticated may cost."""
+    from ..dbus.proxy import ConnectionLimits
+
+    return ConnectionLimits(auth_timeout=args.auth_timeout, max_pending=args.max_pending)

@@ -6,14 +6,12 @@ import argparse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .capture import add_capture_options
+from .capture import add_capture_options, capture_options, connection_limits
 
 if TYPE_CHECKING:
-    from ..chain import Chain
-    from ..dbus.bus import Directory
     from ..dbus.interpose import Takeover
-    from ..dbus.proxy import ConnectionLimits
-    from ..trace.recorder import Recorder
+    from ..dbus.proxy_transport import ProxyTransport
+    from ..runtime import Runtime
 
 HELP = "take over a live bus's socket path"
 
@@ -31,9 +29,9 @@ def interpose_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import asyncio
     import sys
 
-    from ..dbus.bus import Directory
     from ..dbus.interpose import ASIDE, Takeover, recover, socket_path
-    from ..runtime import build_chain, connection_limits, make_recorder, new_loop
+    from ..dbus.proxy_transport import ProxyTransport
+    from ..runtime import Runtime, build_chain, new_loop
     from .status import ExitStatus
 
     path = socket_path(args.socket, args.system, env)
@@ -42,53 +40,50 @@ def interpose_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return ExitStatus.OK
     takeover = Takeover(path)
     takeover.check()
-    chain = build_chain(args)
+    options = capture_options(args)
+    chain = build_chain(options)
+    transport = ProxyTransport(
+        f"unix:path={takeover.aside}", f"unix:path={takeover.path}", limits=connection_limits(args)
+    )
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    directory = Directory()
-    recorder = make_recorder(
-        args, directory, bus_address=f"unix:path={path}", mode="interpose", real_socket=takeover.aside
-    )
+    header = {"bus_address": f"unix:path={path}", "mode": "interpose", "real_socket": takeover.aside}
+    runtime = Runtime(transport, options, header, chain=chain)
     try:
-        return loop.run_until_complete(_interpose(takeover, chain, recorder, directory, connection_limits(args)))
+        return loop.run_until_complete(_interpose(takeover, transport, runtime))
     finally:
-        recorder.close()
+        runtime.close()
         loop.close()
 
 
-async def _interpose(
-    takeover: Takeover, chain: Chain, recorder: Recorder, directory: Directory, limits: ConnectionLimits
-) -> int:
+async def _interpose(takeover: Takeover, transport: ProxyTransport, runtime: Runtime) -> int:
+    """Serve on our socket, put it at the bus's path, and give the path back first when stopping."""
     import sys
 
     from ..errors import RunFailed
-    from ..runtime import Service
     from .status import ExitStatus
 
     try:
-        listener = takeover.prepare()
-        service = Service(
-            f"unix:path={takeover.aside}", f"unix:path={takeover.path}", chain, recorder, directory, limits
-        )
-        address = await service.start(listener=listener)
+        transport.listener = takeover.prepare()
+        await runtime.start()
         takeover.listener = None  # the proxy owns it now
         try:
             takeover.switch()
-            recorder.event("interpose", path=takeover.path, real_socket=takeover.aside)
-            print(address, flush=True)
+            runtime.event("interpose", path=takeover.path, real_socket=takeover.aside)
+            print(transport.address, flush=True)
             print(
                 f"ipcproxy: interposed on {takeover.path} (the bus stays reachable at {takeover.aside});"
                 f" if this process and its watchdog both die, run: ipcproxy interpose --socket {takeover.path} --recover",
                 file=sys.stderr,
             )
-            await service.stop_event.wait()
+            await runtime.wait()
         finally:
             done = takeover.restore()  # first: new clients reach the bus directly again
             if done:
-                recorder.event("restore", path=takeover.path, result=done)
-            service.close()
+                runtime.event("restore", path=takeover.path, result=done)
+            runtime.close()
     finally:
         takeover.close()
-    if service.failed:
-        raise RunFailed(str(service.stop_reason))
-    return service.exit_status() or ExitStatus.OK
+    if runtime.failure is not None:
+        raise RunFailed(runtime.failure)
+    return runtime.exit_status() or ExitStatus.OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from .capture import add_capture_options
+from .capture import add_capture_options, capture_options
 
 HELP = "passive capture with BecomeMonitor"
 
@@ -34,11 +34,10 @@ def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import asyncio
 
     from ..dbus.address import AddressError, parse
-    from ..dbus.bus import Directory
-    from ..dbus.monitor import run_monitor
+    from ..dbus.monitor import MonitorTransport
     from ..dbus.proxy import tune_allocator
-    from ..errors import InputError
-    from ..runtime import new_loop
+    from ..errors import InputError, RunFailed
+    from ..runtime import Runtime, new_loop
     from .status import ExitStatus
 
     address = bus_address(args, env)
@@ -46,14 +45,28 @@ def monitor_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         parse(address)
     except AddressError as exc:
         raise InputError(str(exc)) from None
-    args.live_to_stderr = False  # like dbus-monitor: the live view is the output
+    rules = list(args.match or [])
     tune_allocator()  # large frames and hex lines: no mmap and page faults per message
+    transport = MonitorTransport(address, rules)
+    options = capture_options(args, live_to_stdout=True)  # like dbus-monitor: the live view is the output
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    directory = Directory()
+
+    runtime = Runtime(transport, options, {"bus_address": address, "mode": "monitor"})
+
+    async def go() -> None:
+        await runtime.start()
+        try:
+            await runtime.wait()
+        finally:
+            runtime.close()
+        if runtime.failure is not None:
+            raise RunFailed(f"{runtime.failure} ({address})")
+
     try:
-        stop_signal = loop.run_until_complete(run_monitor(args, address, directory, loop))
+        loop.run_until_complete(go())
     finally:
+        runtime.close()
         loop.close()
     # stopped by signal N: 128 + N, as a shell reports a job ended by that signal
-    return 128 + stop_signal if stop_signal is not None else ExitStatus.OK
+    return runtime.exit_status() or ExitStatus.OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from .capture import add_capture_options
+from .capture import add_capture_options, capture_options, connection_limits
 
 HELP = "proxy an existing bus"
 
@@ -19,43 +19,32 @@ def add_options(p: argparse.ArgumentParser) -> None:
 def proxy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import asyncio
 
-    from ..dbus.address import AddressError
-    from ..dbus.bus import Directory
-    from ..errors import InputError, RunFailed
-    from ..runtime import (
-        Service,
-        build_chain,
-        connection_limits,
-        make_recorder,
-        new_loop,
-        refuse_unauthenticated_root_listener,
-    )
+    from ..dbus.proxy_transport import ProxyTransport
+    from ..errors import RunFailed
+    from ..runtime import Runtime, build_chain, new_loop, refuse_unauthenticated_root_listener
     from .status import ExitStatus
 
     refuse_unauthenticated_root_listener(args.listen)
-    chain = build_chain(args)
+    options = capture_options(args)
+    chain = build_chain(options)
+    transport = ProxyTransport(args.upstream, args.listen, limits=connection_limits(args))
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    directory = Directory()
-    recorder = make_recorder(args, directory, bus_address=args.upstream, mode="proxy")
+    runtime = Runtime(transport, options, {"bus_address": args.upstream, "mode": "proxy"}, chain=chain)
 
     async def go() -> int:
+        await runtime.start()
+        print(transport.address, flush=True)
         try:
-            service = Service(args.upstream, args.listen, chain, recorder, directory, connection_limits(args))
-            address = await service.start()
-        except AddressError as exc:
-            raise InputError(str(exc)) from None
-        print(address, flush=True)
-        try:
-            await service.stop_event.wait()
+            await runtime.wait()
         finally:
-            service.close()
-        if service.failed:
-            raise RunFailed(str(service.stop_reason))
-        return service.exit_status() or ExitStatus.OK
+            runtime.close()
+        if runtime.failure is not None:
+            raise RunFailed(runtime.failure)
+        return runtime.exit_status() or ExitStatus.OK
 
     try:
         return loop.run_until_complete(go())
     finally:
-        recorder.close()
+        runtime.close()
         loop.close()

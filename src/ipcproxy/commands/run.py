@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the command imports its machinery when it runs: `ipcproxy --help` stays quick
     import asyncio
 
-from .capture import add_capture_options
+from .capture import add_capture_options, capture_options, connection_limits
 
 HELP = "run CMD on a private bus behind the proxy"
 
@@ -59,10 +59,10 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import sys
 
     from .. import proctree
-    from ..dbus.bus import Directory
     from ..dbus.launcher import Activation, BusError, PrivateBus
+    from ..dbus.proxy_transport import ProxyTransport
     from ..errors import InputError
-    from ..runtime import Service, build_chain, connection_limits, make_recorder, new_loop, wait_for_names
+    from ..runtime import Runtime, build_chain, new_loop, wait_for_names
     from .status import ExitStatus
 
     cmd = list(args.cmd)
@@ -70,10 +70,11 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise InputError("run: give the command to run after --, e.g. ipcproxy run -- busctl --user list")
-    chain = build_chain(args)
-    for directory in args.service_dir:
-        if not os.path.isdir(directory):
-            raise InputError(f"run: --service-dir {directory}: not a directory")
+    options = capture_options(args)
+    chain = build_chain(options)
+    for folder in args.service_dir:
+        if not os.path.isdir(folder):
+            raise InputError(f"run: --service-dir {folder}: not a directory")
     system = args.system_too or args.system_bus
     standard = "system" if args.system_bus else "session"
     service_dirs = [os.path.abspath(d) for d in args.service_dir]
@@ -86,26 +87,26 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise InputError(str(exc)) from None
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    directory = Directory()
     try:
-        recorder = make_recorder(
-            args,
-            directory,
-            bus_address=bus.address,
-            mode="run",
-            command=cmd,
-            bus="dbus-broker" if args.broker else "dbus-daemon",
-            service_dirs=service_dirs,
-            standard_service_dirs=standard,
-        )
+        transport = ProxyTransport(bus.address, listen, limits=connection_limits(args))
+        header = {
+            "bus_address": bus.address,
+            "mode": "run",
+            "command": cmd,
+            "bus": "dbus-broker" if args.broker else "dbus-daemon",
+            "service_dirs": service_dirs,
+            "standard_service_dirs": standard,
+        }
+        runtime = Runtime(transport, options, header, chain=chain)
     except BaseException:
         loop.close()
         bus.stop()
         raise
+    directory = runtime.directory
 
     async def go() -> int:
-        service = Service(bus.address, listen, chain, recorder, directory, connection_limits(args))
-        address = await service.start()
+        await runtime.start()
+        address = transport.address
         child_env = command_environment(env, address, system)
         services: list[tuple[str, asyncio.subprocess.Process]] = []
         status: int = ExitStatus.FAILED
@@ -113,7 +114,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             for line in args.service:
                 services.append((line, await _start_service(line, child_env)))
             if args.wait_for:
-                await wait_for_names(directory, args.wait_for, 10.0, service)
+                await wait_for_names(directory, args.wait_for, 10.0)
             error = proctree.program_error(cmd[0], child_env.get("PATH"))
             if error is not None:
                 raise InputError(f"cannot run {cmd[0]}: {error}")
@@ -124,36 +125,36 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             except OSError as exc:
                 raise InputError(f"cannot run {cmd[0]}: {exc.strerror}") from None
             waiter = asyncio.ensure_future(child.wait())
-            stopper = asyncio.ensure_future(service.stop_event.wait())
+            stopper = asyncio.ensure_future(runtime.wait())
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if not waiter.done():  # a signal, or the bus went away: the command ends first
-                await _end(child, service.stop_signal or signal.SIGTERM)
+                await _end(child, runtime.stop_signal or signal.SIGTERM)
             stopper.cancel()
             status = child.returncode if child.returncode is not None else ExitStatus.FAILED
-            recorder.event("run", step="command_exit", exit_status=status)
+            runtime.event("run", step="command_exit", exit_status=status)
         finally:
             if services:  # then the services, while the bus and the proxy still carry their last words
                 for _line, proc in services:
                     _signal(proc, signal.SIGTERM)
                 for _line, proc in services:
                     await _end(proc, None)
-                recorder.event(
+                runtime.event(
                     "run",
                     step="services_stop",
                     services=[{"command": line, "exit_status": proc.returncode} for line, proc in services],
                 )
             # let the last messages (disconnects) pass through before closing
             await asyncio.sleep(0.05)
-            recorder.event("run", step="bus_stop")
-            service.close()
-        if service.failed:
-            print(f"ipcproxy: {service.stop_reason}", file=sys.stderr)
-        return service.exit_status() or status
+            runtime.event("run", step="bus_stop")
+            runtime.close()
+        if runtime.failure is not None:
+            print(f"ipcproxy: {runtime.failure}", file=sys.stderr)
+        return runtime.exit_status() or status
 
     try:
         return loop.run_until_complete(go())
     finally:
-        recorder.close()
+        runtime.close()
         loop.close()
         bus.stop()
 

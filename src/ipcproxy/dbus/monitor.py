@@ -6,17 +6,15 @@ drives a plain non-blocking socket itself: our sans-IO SASL, two synchronous
 calls (Hello, BecomeMonitor) while the connection can still talk, then large
 reads into FrameParser and as little work per message as possible; records
 are written in batches. A monitor connection cannot send, so endpoints come
-from a Resolver on a second, ordinary connection.
+from the runtime's Resolver on a second, ordinary connection.
 """
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import struct
 import sys
@@ -25,17 +23,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError, RunFailed
+from ..errors import InputError
 from ..model import BUS_DRIVER_NAME, Message, MessageType
-from ..outputs import OutputRules
-from ..trace import records
 from ..trace.recorder import Recorder
-from ..trace.writer import DirectJsonlWriter, Sink, open_sink
+from ..transport import Wiring
 from . import wire
 from .address import parse
 from .auth import AuthError, ClientAuth
 from .bus import DRIVER_INTERFACE, DRIVER_PATH, Directory
-from .resolver import Resolver
 
 READ_SIZE = 4 * 1024 * 1024  # one recv can take everything the kernel holds for us
 READS_PER_WAKEUP = 16  # then yield to the loop, so the resolver and signals get a turn
@@ -200,7 +195,13 @@ class Monitor:
     """Reads the monitor connection in large chunks and records every message, in order."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, link: Link, recorder: Recorder, directory: Directory, ignore: set[str]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        link: Link,
+        recorder: Recorder,
+        directory: Directory,
+        ignore: set[str],
+        done: asyncio.Event | None = None,
     ) -> None:
         self.loop = loop
         self.link = link
@@ -208,7 +209,7 @@ class Monitor:
         self.recorder = recorder
         self.directory = directory
         self.ignore = ignore  # our own connections: their traffic is not the user's
-        self.done = asyncio.Event()
+        self.done = done if done is not None else asyncio.Event()
         self.failure: str | None = None
         self.messages = 0
         self._buf = bytearray(READ_SIZE)
@@ -370,110 +371,91 @@ class Monitor:
         self.sock.close()
 
 
-def make_recorder(args: argparse.Namespace, directory: Directory, **header: Any) -> Recorder:
-    """As runtime.make_recorder, with the threaded trace writer; a pcap alone needs no decoded arguments."""
-    from ..runtime import live_printer
+class MonitorTransport:
+    """The monitor as a runtime transport: passive, so the chain is never asked; stopping drains first.
 
-    sinks: list[Sink] = []
-    pcap = bool(args.write) and args.write.endswith((".pcap", ".pcapng"))
-    if args.write:
-        head = records.header(**header)
-        rules = OutputRules.from_args(args)
-        sinks.append(open_sink(args.write, head, rules) if pcap else DirectJsonlWriter(args.write, head, rules=rules))
-    live = live_printer(args)
-    decode = not args.no_args and (live is not None or not pcap)
-    return Recorder(sinks, directory.endpoint, live, decode_args=decode)
+    A monitor connection cannot send, so the runtime's resolver (an ordinary
+    second connection) names the peers; its own traffic and ours are left
+    out of the trace.
+    """
 
+    name = "monitor"
+    resolver_poll = 0.02  # peers come and go quickly on a busy bus: ask for credentials soon
+    direct_writer = True  # a bus under load pushes hundreds of MB/s: the trace is written by a thread
 
-async def run_monitor(
-    args: argparse.Namespace, address: str, directory: Directory, loop: asyncio.AbstractEventLoop
-) -> int | None:
-    """Capture the bus at ``address`` until a signal (returned) or a failure (RunFailed) ends it."""
-    rules = list(args.match or [])
-    resolver = Resolver(address, directory)
-    try:
-        await asyncio.wait_for(resolver.start(), 10)
-    except Exception as exc:  # noqa: BLE001 - dbus-fast raises many kinds; all mean "no bus here"
-        resolver.stop()
-        raise InputError(f"cannot connect to the bus at {address}: {exc or type(exc).__name__}") from None
-    try:
-        link = connect(address)
-    except SetupError as exc:
-        resolver.stop()
-        raise InputError(str(exc)) from None
-    try:
-        refusal = become_monitor(link, rules)
-    except (SetupError, OSError, wire.FrameError) as exc:
-        link.sock.close()
-        resolver.stop()
-        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise InputError(f"cannot monitor the bus at {address}: {detail}") from None
-    except BaseException:
-        link.sock.close()
-        resolver.stop()
-        raise
-    capture = "BecomeMonitor" if refusal is None else "eavesdrop"
-    if refusal is not None:
-        print(
-            f"ipcproxy: BecomeMonitor refused ({refusal}); eavesdropping with AddMatch instead"
-            " (only what the bus's policy lets this user eavesdrop is seen)",
-            file=sys.stderr,
-        )
-    ignore = {link.unique_name}
-    if resolver.bus is not None and resolver.bus.unique_name:
-        ignore.add(resolver.bus.unique_name)
-    try:
-        recorder = make_recorder(args, directory, bus_address=address, mode="monitor", capture=capture, match=rules)
-    except BaseException:
-        link.sock.close()
-        resolver.stop()
-        raise
-    monitor = Monitor(loop, link, recorder, directory, ignore)
-    recorder.event(
-        "monitor_start",
-        bus=address,
-        capture=capture,
-        match=rules,
-        unique_name=link.unique_name,
-        resolver=resolver.bus.unique_name if resolver.bus is not None else None,
-    )
-    recorder.flush()  # the start record tells a reader of the trace that capture has begun
-    stop_reason: list[str] = []
-    stop_signal: list[int] = []
+    def __init__(self, address: str, rules: list[str]) -> None:
+        self.bus_address: str | None = address
+        self.rules = list(rules)
+        self.done = asyncio.Event()
+        self.monitor: Monitor | None = None
+        self.link: Link | None = None
+        self.capture = ""  # "BecomeMonitor", or "eavesdrop" when the bus refused
 
-    def request_stop(sig: int) -> None:
-        if stop_reason:  # a second signal: stop now
+    @property
+    def failure(self) -> str | None:
+        return self.monitor.failure if self.monitor is not None else None
+
+    async def prepare(self) -> dict[str, Any]:
+        """Connect and become a monitor (or eavesdrop): the trace header says which."""
+        address = str(self.bus_address)
+        try:
+            link = connect(address)
+        except SetupError as exc:
+            raise InputError(str(exc)) from None
+        self.link = link
+        try:
+            refusal = become_monitor(link, self.rules)
+        except (SetupError, OSError, wire.FrameError) as exc:
+            detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise InputError(f"cannot monitor the bus at {address}: {detail}") from None
+        self.capture = "BecomeMonitor" if refusal is None else "eavesdrop"
+        if refusal is not None:
+            print(
+                f"ipcproxy: BecomeMonitor refused ({refusal}); eavesdropping with AddMatch instead"
+                " (only what the bus's policy lets this user eavesdrop is seen)",
+                file=sys.stderr,
+            )
+        return {"capture": self.capture, "match": self.rules}
+
+    async def open(self, wiring: Wiring) -> dict[str, Any]:
+        link = self.link
+        assert link is not None
+        address = str(self.bus_address)
+        capture = self.capture
+        ignore = {link.unique_name}
+        if wiring.resolver_name:
+            ignore.add(wiring.resolver_name)
+        loop = asyncio.get_running_loop()
+        self.monitor = Monitor(loop, link, wiring.recorder, wiring.directory, ignore, done=self.done)
+        return {
+            "bus": address,
+            "capture": capture,
+            "match": self.rules,
+            "unique_name": link.unique_name,
+            "resolver": wiring.resolver_name,
+        }
+
+    def begin(self) -> None:
+        assert self.monitor is not None
+        self.monitor.start()
+
+    def request_stop(self, urgent: bool) -> None:
+        monitor = self.monitor
+        if monitor is None:
+            self.done.set()
+        elif urgent:  # a second signal: stop now
             monitor.drain()
-            monitor.done.set()
-            return
-        stop_reason.append(f"signal {signal.Signals(sig).name}")
-        stop_signal.append(sig)
-        asyncio.ensure_future(monitor.settle())
+            self.done.set()
+        else:
+            asyncio.ensure_future(monitor.settle())
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop, sig)
-    kicker = asyncio.ensure_future(_kick(resolver, directory, monitor))
-    try:
-        monitor.start()
-        await monitor.done.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        kicker.cancel()
-        monitor.close()
-        resolver.stop()
-        reason = monitor.failure or (stop_reason[0] if stop_reason else "done")
-        recorder.event("monitor_stop", reason=reason, messages=monitor.messages)
-        recorder.close()
-    if monitor.failure is not None:
-        raise RunFailed(f"{monitor.failure} ({address})")
-    return stop_signal[0] if stop_signal else None
+    def bus_lost(self, reason: str) -> None:
+        """Our own connection tells, once it has read everything the bus sent before going."""
 
-
-async def _kick(resolver: Resolver, directory: Directory, monitor: Monitor) -> None:
-    """Ask for the credentials of new peers soon after they appear."""
-    while not monitor.done.is_set():
-        if directory.wanted:
-            resolver.kick()
-        await asyncio.sleep(0.02)
+    def close(self) -> dict[str, Any]:
+        if self.monitor is not None:
+            self.monitor.close()
+            return {"messages": self.monitor.messages}
+        if self.link is not None:
+            self.link.sock.close()
+        return {}

@@ -2,7 +2,9 @@
 
 This connection is not proxied and never appears in traces. It watches
 NameOwnerChanged and asks GetConnectionCredentials for every new peer, so
-records can name components that are not behind the proxy.
+records can name components that are not behind the proxy. Peers the
+transport meets first (they land in ``Directory.wanted``) are looked up
+within ``poll`` seconds.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ log = logging.getLogger("ipcproxy.resolver")
 
 
 class Resolver:
-    def __init__(self, address: str, directory: Directory) -> None:
+    def __init__(self, address: str, directory: Directory, poll: float = 0.05) -> None:
         self.address = address
         self.directory = directory
+        self.poll = poll
         self.bus: MessageBus | None = None
         self.lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
+
+    @property
+    def unique_name(self) -> str | None:
+        """Our own connection's name on the bus, once connected."""
+        return self.bus.unique_name if self.bus is not None else None
 
     async def start(self) -> None:
         self.bus = await MessageBus(bus_address=self.address).connect()
@@ -48,12 +57,19 @@ class Resolver:
                 if owner:
                     self.directory.name_owner_changed(name, "", owner[0])
         self._task = asyncio.ensure_future(self._serve())
+        self._poller = asyncio.ensure_future(self._poll())
         self._kick.set()
         self.bus._disconnect_future.add_done_callback(lambda _f: self.lost.set())  # noqa: SLF001
 
     def kick(self) -> None:
         if self.directory.wanted:
             self._kick.set()
+
+    async def _poll(self) -> None:
+        """Look up the peers others added to ``directory.wanted`` (the proxy and the monitor meet them first)."""
+        while True:
+            self.kick()
+            await asyncio.sleep(self.poll)
 
     async def _serve(self) -> None:
         while True:
@@ -93,8 +109,9 @@ class Resolver:
                 self._kick.set()
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._poller):
+            if task is not None:
+                task.cancel()
         if self.bus is not None:
             with contextlib.suppress(Exception):
                 self.bus.disconnect()

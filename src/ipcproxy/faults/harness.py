@@ -4,7 +4,7 @@ This is the only campaign module that does I/O. Each run gets its own
 dbus-daemon and its own service processes, so nothing a fault broke can leak
 into the next run; what is reused is the worker process (its imports) and the
 campaign as already parsed. The proxy runs in-process (no extra interpreter
-per run), talking to the bus like ``ipcproxy proxy`` does.
+per run), on the same runtime as ``ipcproxy proxy``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from typing import Any
 from ..chain import Chain, Context
 from ..dbus.bus import Directory
 from ..dbus.launcher import Activation, PrivateBus
-from ..dbus.proxy import Proxy
-from ..dbus.resolver import Resolver
+from ..dbus.proxy_transport import ProxyTransport
 from ..model import Verdict
 from ..outputs import FILE_MODE, OutputRules
-from ..trace import records
+from ..runtime import CaptureOptions, Runtime, new_loop
 from ..trace.recorder import Recorder
-from ..trace.writer import JsonlWriter
 from . import probes
 from .injector import FaultInjector
 from .plan import Campaign, FaultPlan, Probe, fault_from_dict
@@ -181,29 +179,28 @@ class Run:
         proxied = f"unix:path={os.path.join(bus.dir, 'proxy.sock')}"
         base_env = {**os.environ, "PYTHON": sys.executable, **c.env}
         bus.start(env={**base_env, "DBUS_SESSION_BUS_ADDRESS": proxied, "DBUS_SYSTEM_BUS_ADDRESS": proxied})
-        loop = asyncio.get_running_loop()
-        directory = Directory()
-        header = records.header(bus_address=bus.address, mode="campaign", campaign=c.path, run=spec.run)
+        header: dict[str, Any] = {"bus_address": bus.address, "mode": "campaign", "campaign": c.path, "run": spec.run}
         header["golden"] = spec.golden
         if spec.fault is not None:
             header["fault"] = spec.fault
-        # inside the campaign's own folder: a trace left by an interrupted run is written again
-        sink = JsonlWriter(spec.trace_path, header, OutputRules(force=True, mode=spec.file_mode))
-        recorder = Recorder([sink], directory.endpoint, decode_args=True)
-        self.recorder = recorder
-        listen = proxied
         direct_env = {**base_env, "DBUS_SESSION_BUS_ADDRESS": bus.address, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
-        chain = self._chain(bus.address, direct_env)
-        proxy = Proxy(bus.address, listen, chain, recorder, directory, loop=loop)
-        resolver = Resolver(bus.address, directory)
+        transport = ProxyTransport(bus.address, proxied)
+        runtime = Runtime(
+            transport,
+            # inside the campaign's own folder: a trace left by an interrupted run is written again
+            CaptureOptions(write=spec.trace_path, output_rules=OutputRules(force=True, mode=spec.file_mode)),
+            header,
+            chain=self._chain(bus.address, direct_env),
+            handle_signals=False,  # the campaign's worker process owns its signals
+        )
+        directory = runtime.directory
         services: list[asyncio.subprocess.Process] = []
         logs: list[Any] = []
-        kicker: asyncio.Task[None] | None = None
         result = RunResult(spec.run, spec.golden, None, False, "", "", [], [], {})
         try:
-            await asyncio.wait_for(resolver.start(), 10)
-            address = proxy.listen()
-            kicker = loop.create_task(self._kick(resolver))
+            await runtime.start()
+            self.recorder = runtime.recorder
+            address = transport.address
             env = {**base_env, "DBUS_SESSION_BUS_ADDRESS": address, "DBUS_SYSTEM_BUS_ADDRESS": address}
             os.makedirs(spec.log_dir, exist_ok=True)
             for i, command in enumerate(c.setup):
@@ -221,13 +218,13 @@ class Run:
                     )
                 )
             result.missing_names = await self._wait_for_names(directory, services)
-            recorder.event("campaign", phase="workload_start")
-            recorder.flush()
+            runtime.event("campaign", phase="workload_start")
+            runtime.flush()
             t1 = time.monotonic()
             await self._workload(env, result)
             t2 = time.monotonic()
-            recorder.event("campaign", phase="workload_end", exit_status=result.exit_status)
-            recorder.flush()
+            runtime.event("campaign", phase="workload_end", exit_status=result.exit_status)
+            runtime.flush()
             await asyncio.sleep(0.05)  # let a crash caused by the last message happen before we look
             await asyncio.gather(
                 *(self._probe(i, p, bus.address, direct_env) for i, p in enumerate(c.state) if p.at is None)
@@ -247,28 +244,17 @@ class Run:
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             t4 = time.monotonic()
-            recorder.event("campaign", phase="teardown")
-            recorder.flush()
+            runtime.event("campaign", phase="teardown")
+            runtime.flush()
             await _stop(services)
             for log in logs:
                 log.close()
-            if kicker is not None:
-                kicker.cancel()
             await asyncio.sleep(0.02)  # let the last disconnects pass through the proxy
-            proxy.close()
-            resolver.stop()
-            recorder.event("proxy_stop", reason="run finished")
-            recorder.close()
+            runtime.close("run finished")
             bus.stop()
             result.timings["teardown"] = time.monotonic() - t4
             result.timings["total"] = time.monotonic() - t0
         return result
-
-    @staticmethod
-    async def _kick(resolver: Resolver) -> None:
-        while True:
-            resolver.kick()
-            await asyncio.sleep(0.05)
 
     async def _wait_for_names(self, directory: Directory, services: list[asyncio.subprocess.Process]) -> list[str]:
         deadline = time.monotonic() + max(5.0, self.campaign.timeout_s)
@@ -307,18 +293,9 @@ class Run:
             f.write(err)
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover
-        return asyncio.new_event_loop()
-
-
 def execute(campaign: Campaign, spec: RunSpec) -> RunResult:
     """Run one spec to completion in a fresh event loop (worker processes call this)."""
-    loop = _new_loop()
+    loop = new_loop()
     try:
         return loop.run_until_complete(Run(campaign, spec).execute())
     finally:
