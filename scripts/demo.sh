@@ -59,27 +59,11 @@ records=$(($("$IPCPROXY" show --json "$trace" | wc -l) - 1))
 echo
 echo "demo: $records records in $trace"
 
-# show and stats, when this build has them
-have_command() {
-    .venv/bin/python - "$1" <<'PY' 2>/dev/null
-import importlib, sys
-from ipcproxy.cli import COMMANDS
-importlib.import_module(COMMANDS[sys.argv[1]].split(":")[0])
-PY
-}
-if have_command show; then
-    echo
-    echo "\$ ipcproxy show $trace --filter 'member=Get'"
-    "$IPCPROXY" show "$trace" --filter "member=Get"
-fi
-if have_command stats; then
-    echo
-    echo "\$ ipcproxy stats $trace"
-    "$IPCPROXY" stats "$trace"
-fi
 echo
-if have_command show; then
-    echo "demo: done. Explore the trace with: .venv/bin/ipcproxy show $trace --filter 'member=...'"
-else
-    echo "demo: done. The trace is JSON Lines, one record per message: see docs/trace-format.md"
-fi
+echo "\$ ipcproxy show $trace --filter 'member=Get'"
+"$IPCPROXY" show "$trace" --filter "member=Get"
+echo
+echo "\$ ipcproxy stats $trace"
+"$IPCPROXY" stats "$trace"
+echo
+echo "demo: done. Explore the trace with: .venv/bin/ipcproxy show $trace --filter 'member=...'"

@@ -7,7 +7,6 @@ end to end against the real services and exit 0.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, read_trace, trace_header
-from ipcproxy.cli import COMMANDS
 
 SCRIPTS = ROOT / "scripts"
 
@@ -101,9 +99,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     senders = {rec["sender"].get("exe") for rec in records if rec.get("type") == "method_call"}
     assert {"/usr/bin/busctl", "/usr/bin/gdbus", "/usr/bin/dbus-send"} <= senders
     assert f"{len(records)} records in {trace}" in out
-    # show and stats summarise the trace when this build has them
-    for command in ("show", "stats"):
-        module = COMMANDS[command].split(":")[0]
-        shown = f"$ ipcproxy {command} {trace}" in out
-        assert shown == (importlib.util.find_spec(module) is not None), command
+    for command in ("show", "stats"):  # the demo ends by summarising its trace
+        assert f"$ ipcproxy {command} {trace}" in out, command
     assert out.rstrip().splitlines()[-1].startswith("demo: done.")
