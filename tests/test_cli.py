@@ -1,4 +1,4 @@
-"""The command line as a contract (DESIGN §4): help, usage errors, exit statuses.
+"""The command line as a contract (docs/architecture.md, Errors and exit statuses): help, usage errors, exit statuses.
 
 Usage and input errors are one line on stderr, status 2, never a traceback;
 `run` exits with its command's status.

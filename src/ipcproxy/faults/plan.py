@@ -1,4 +1,4 @@
-"""Fault plans and campaigns (DESIGN §7): typed models, loaded with ``file:line`` errors.
+"""Fault plans and campaigns (docs/faults.md): typed models, loaded with ``file:line`` errors.
 
 A plan is only data; the injector, the campaign runner and the offline tools
 all read the same models, so a fault means the same thing everywhere.

@@ -1,4 +1,4 @@
-"""Who a connection is, in a policy's terms (DESIGN §5: components, never pids).
+"""Who a connection is, in a policy's terms (docs/architecture.md, Components: never pids).
 
 A component is named by a well-known name it owns, else by its executable;
 the uid is kept beside it. A connection does not own its name yet when it

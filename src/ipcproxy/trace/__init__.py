@@ -1,1 +1,1 @@
-"""Trace files: JSON Lines with a versioned header (DESIGN §5)."""
+"""Trace files: JSON Lines with a versioned header (docs/trace-format.md)."""

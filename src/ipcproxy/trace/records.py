@@ -1,4 +1,4 @@
-"""Turning messages and events into trace records (plain dicts, DESIGN §5)."""
+"""Turning messages and events into trace records (plain dicts, see docs/trace-format.md)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ Key = tuple[Any, ...]
 
 
 def component_of(ep: dict[str, Any] | None, fallback: str | None = None) -> str:
-    """DESIGN §5 component name; a message with no destination is a broadcast."""
+    """The component name (docs/trace-format.md, Endpoints); a message with no destination is a broadcast."""
     name = Endpoint.from_json(ep).component
     if name == "?":
         return fallback or BROADCAST
