@@ -109,3 +109,27 @@ def test_every_listed_command_answers_help(command: str) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: ipcproxy {command}")
     assert r.stderr == ""
+
+
+def architecture_layout() -> str:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    match = re.search(r"^## Layout\n.*?^```\n(.*?)^```", text, re.S | re.M)
+    assert match, "docs/architecture.md has a Layout section with the tree in a code block"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for folder in (PACKAGE, PACKAGE / "dbus", PACKAGE / "trace")
+        for p in sorted(folder.glob("*.py"))
+        if p.name not in ("__init__.py", "__main__.py")
+    ],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_architecture_lists_every_module(path: Path) -> None:
+    """The architecture page is the living map: a new module gets its line there."""
+    assert re.search(rf"(?<![\w.]){re.escape(path.name)}(?![\w.])", architecture_layout()), (
+        f"add {path.relative_to(PACKAGE)} to the Layout of docs/architecture.md"
+    )
