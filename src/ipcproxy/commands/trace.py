@@ -50,7 +50,7 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..errors import InputError
     from ..model import Endpoint
     from ..outputs import OutputRules
-    from ..runtime import live_printer
+    from ..runtime import CaptureOptions, live_printer
     from ..syscall.procfs import SystemFacts
     from ..syscall.tracer import SyscallTrace
     from ..trace import records
@@ -72,7 +72,7 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.write:
         origin = {"attached": args.pid} if args.pid is not None else {"command": cmd}
         sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin), OutputRules.from_args(args)))
-    recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(args))
+    recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(CaptureOptions(quiet=args.quiet)))
     try:
         tracer = SyscallTrace(
             cmd,
