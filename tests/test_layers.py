@@ -3,7 +3,7 @@
 commands/ and cli.py (with __main__.py) sit on top of the library: no library module imports
 them (library errors are ipcproxy.errors, exit statuses belong to
 commands/). The runtime sits on top of the transports: nothing under dbus/,
-trace/ or policy/ imports it.
+syscall/, trace/ or policy/ imports it.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_no_library_module_imports_the_command_layer(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [p for sub in ("dbus", "trace", "policy") for p in sorted((PACKAGE / sub).rglob("*.py"))],
+    [p for sub in ("dbus", "syscall", "trace", "policy") for p in sorted((PACKAGE / sub).rglob("*.py"))],
     ids=lambda p: str(p.relative_to(PACKAGE)),
 )
 def test_transports_and_trace_do_not_import_the_runtime(path: Path) -> None:
