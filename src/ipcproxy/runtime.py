@@ -136,9 +136,9 @@ def reload_chain(chain: Chain) -> None:
 class Runtime:
     """A transport with its recorder, resolver and chain: started once, stopped once, every record flushed.
 
-    The trace is opened once the transport has connected (its header says
-    how the capture was made: a monitor's BecomeMonitor or eavesdropping) and
-    before any message can flow. With ``handle_signals`` (a command
+    The trace is opened first, or, when the transport's header describes its
+    connection (a monitor's BecomeMonitor or eavesdropping), once it has
+    connected; either way before any message can flow. With ``handle_signals`` (a command
     that owns its process) SIGINT/SIGTERM ask the transport to stop and
     SIGHUP reloads the chain; a campaign's runs leave signals to the campaign.
     """
@@ -177,6 +177,8 @@ class Runtime:
         """Connect the resolver and the transport, open the trace, record the start event, let messages flow."""
         address = self.transport.bus_address
         try:
+            if not self.transport.header_from_connection:
+                self._open_trace()  # at once: a follower of a rewritten trace sees it truncated before it grows
             if address is not None:
                 self.resolver = Resolver(address, self.directory, poll=self.transport.resolver_poll)
                 try:
@@ -189,10 +191,7 @@ class Runtime:
                     why = str(exc) or type(exc).__name__
                     raise InputError(f"cannot connect to the bus at {address}: {why}") from None
             self.header.update(await self.transport.prepare())
-            recorder = make_recorder(
-                self.options, self.directory, self.header, direct_writer=self.transport.direct_writer
-            )
-            self.recorder = recorder
+            recorder = self.recorder or self._open_trace()
             resolver_name = self.resolver.unique_name if self.resolver is not None else None
             wiring = Wiring(self.chain, recorder, self.directory, resolver_name)
             self.start_fields = await self.transport.open(wiring)
@@ -220,6 +219,12 @@ class Runtime:
         if self.resolver is not None:
             self._watch = asyncio.ensure_future(self._watch_bus(self.resolver, str(address)))
         self.transport.begin()
+
+    def _open_trace(self) -> Recorder:
+        self.recorder = make_recorder(
+            self.options, self.directory, self.header, direct_writer=self.transport.direct_writer
+        )
+        return self.recorder
 
     async def _watch_bus(self, resolver: Resolver, address: str) -> None:
         await resolver.lost.wait()

@@ -45,6 +45,7 @@ class Transport(Protocol):
     bus_address: str | None  # the bus whose names the resolver keeps current (None: no resolver)
     resolver_poll: float  # how often new peers' credentials are asked for, in seconds
     direct_writer: bool  # a high-volume capture: write the trace from a thread, bypassing the page cache
+    header_from_connection: bool  # the trace header needs ``prepare``'s answer: open the trace after it
     done: asyncio.Event  # set when the transport has finished: it failed, or it stopped when asked
 
     @property

@@ -382,6 +382,7 @@ class MonitorTransport:
     name = "monitor"
     resolver_poll = 0.02  # peers come and go quickly on a busy bus: ask for credentials soon
     direct_writer = True  # a bus under load pushes hundreds of MB/s: the trace is written by a thread
+    header_from_connection = True  # how it became a monitor is in the header
 
     def __init__(self, address: str, rules: list[str]) -> None:
         self.bus_address: str | None = address

@@ -22,6 +22,7 @@ class ProxyTransport:
     name = "proxy"
     resolver_poll = 0.05
     direct_writer = False
+    header_from_connection = False
 
     def __init__(
         self,
