@@ -255,3 +255,26 @@ def dbus_send(address: str, *args: str, check: bool = True) -> subprocess.Comple
     if check and r.returncode != 0:
         raise AssertionError(f"dbus-send {' '.join(args)} failed: {r.stderr}")
     return r
+
+
+def capture_holds(address: str, path: str | Path, probe: str) -> bool:
+    """Make a probe call and say whether the capture at ``path`` already holds it: its tool is monitoring
+    then, and has written everything the bus passed on before the probe."""
+    from ipcproxy.dbus import wire
+    from ipcproxy.trace.pcapfile import read_packets
+
+    busctl(address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", probe)
+    try:
+        return any(wire.parse_message(p.data).member == probe for p in read_packets(str(path), lambda _: None))
+    except (ValueError, wire.FrameError):
+        return False
+
+
+def stop_capture(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a capturing tool as a user would (SIGINT), firmly if it does not end."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import struct
 import subprocess
 from collections import Counter
@@ -21,9 +20,11 @@ from conftest import (
     ProxyProcess,
     Services,
     busctl,
+    capture_holds,
     dbus_send,
     messages,
     read_trace,
+    stop_capture,
     wait_for,
 )
 from ipcproxy.cli import main
@@ -239,19 +240,8 @@ def test_trace_without_arguments_keeps_headers(trace: Path, tmp_path: Path, caps
 
 
 def _capture_until_seen(address: str, capture: Path, probe_member: str = "GetId") -> None:
-    """Make probe calls until the capturing tool is seen to record them: it is monitoring then, and has
-    written everything the bus passed on before them."""
-
-    def seen() -> bool:
-        busctl(address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", probe_member)
-        try:
-            return any(
-                wire.parse_message(p.data).member == probe_member for p in read_packets(str(capture), lambda _: None)
-            )
-        except (ValueError, wire.FrameError):
-            return False
-
-    wait_for(seen, timeout=20, what=f"{capture.name} to capture")
+    """Make probe calls until the capturing tool is seen to record them."""
+    wait_for(lambda: capture_holds(address, capture, probe_member), timeout=20, what=f"{capture.name} to capture")
 
 
 def _client_calls(address: str) -> None:
@@ -264,15 +254,6 @@ def _client_calls(address: str) -> None:
         "string:org.freedesktop.DBus",
     )
     dbus_send(address, f"--dest={MOCK}", MOCK_PATH, "org.freedesktop.DBus.Properties.GetAll", f"string:{MOCK}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _check_converted(recs: list[dict[str, Any]]) -> None:
@@ -319,7 +300,7 @@ def test_real_capture_converts_into_a_trace(
         # a probe after the clients: once it is in the capture, so is everything they did
         _capture_until_seen(bus.address, capture, "ListActivatableNames")
     finally:
-        _stop(proc)
+        stop_capture(proc)
     assert capture.read_bytes()[:4] == (b"\xd4\xc3\xb2\xa1" if tool == "dbus-monitor" else b"\x0a\x0d\x0d\x0a")
     trace_path = tmp_path / "from-capture.jsonl"
     convert(capture, trace_path, capsys)

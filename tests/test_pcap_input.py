@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ProxyProcess, Services, busctl, dbus_send, gdbus, messages, read_trace, wait_for
+from conftest import (
+    ProxyProcess,
+    Services,
+    busctl,
+    capture_holds,
+    dbus_send,
+    gdbus,
+    messages,
+    read_trace,
+    stop_capture,
+    wait_for,
+)
 from ipcproxy.cli import main
-from ipcproxy.dbus import wire
 from ipcproxy.dbus.launcher import PrivateBus
 from ipcproxy.trace import records
 from ipcproxy.trace.pcapfile import read_packets
@@ -57,25 +66,6 @@ def _capturing(argv: list[str], out: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=stream, stderr=subprocess.DEVNULL)
 
 
-def _captured(address: str, path: Path, probe: str) -> bool:
-    """Whether the capturing tool already recorded a probe call: it is monitoring then, and has written
-    everything the bus passed on before it."""
-    busctl(address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", probe)
-    try:
-        return any(wire.parse_message(p.data).member == probe for p in read_packets(str(path), lambda _: None))
-    except (ValueError, wire.FrameError):
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four real captures of real clients: convert's pcap and pcapng, dbus-monitor's pcap, busctl's pcapng."""
@@ -103,15 +93,15 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 captured = (out["dbus-monitor.pcap"], out["busctl.pcapng"])
                 for path in captured:
                     wait_for(
-                        lambda p=path: _captured(bus.address, p, "GetId"), timeout=20, what=f"{path.name} to start"
+                        lambda p=path: capture_holds(bus.address, p, "GetId"), timeout=20, what=f"{path.name} to start"
                     )
                 _clients(bus.address)
                 for path in captured:  # a probe after the clients: once it is in, so is all they did
-                    caught_up = functools.partial(_captured, bus.address, path, "ListActivatableNames")
+                    caught_up = functools.partial(capture_holds, bus.address, path, "ListActivatableNames")
                     wait_for(caught_up, timeout=20, what=f"{path.name} to catch up")
             finally:
-                _stop(monitor)
-                _stop(capture)
+                stop_capture(monitor)
+                stop_capture(capture)
         finally:
             services.stop()
     assert out["dbus-monitor.pcap"].read_bytes()[:4] == b"\xd4\xc3\xb2\xa1"  # what dbus-monitor writes
