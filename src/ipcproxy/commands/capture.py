@@ -1,4 +1,4 @@
-"""Options shared by the capturing commands: run, proxy, interpose, monitor."""
+"""Options shared by the capturing commands: run, proxy, interpose, monitor (and trace's command words)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from ..runtime import CaptureOptions
 
 from ..outputs import add_output_options
+
+
+def command_after_dashes(words: list[str]) -> list[str]:
+    """The command given after ``--`` (argparse's REMAINDER keeps the ``--`` itself)."""
+    return words[1:] if words and words[0] == "--" else list(words)
 
 
 def add_capture_options(p: argparse.ArgumentParser, manipulate: bool = True) -> None:

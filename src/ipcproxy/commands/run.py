@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the command imports its machinery when it runs: `ipcproxy --help` stays quick
     import asyncio
 
-from .capture import add_capture_options, capture_options, connection_limits
+from .capture import add_capture_options, capture_options, command_after_dashes, connection_limits
 
 HELP = "run CMD on a private bus behind the proxy"
 
@@ -65,9 +65,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..runtime import Runtime, build_chain, new_loop, wait_for_names
     from .status import ExitStatus
 
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    cmd = command_after_dashes(args.cmd)
     if not cmd:
         raise InputError("run: give the command to run after --, e.g. ipcproxy run -- busctl --user list")
     options = capture_options(args)

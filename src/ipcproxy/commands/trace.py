@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping
 
 from ..outputs import add_output_options
+from .capture import command_after_dashes
 
 HELP = "run CMD and record the IPC of its whole process tree at the syscall level"
 
@@ -57,9 +58,7 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..trace.recorder import Recorder
     from ..trace.writer import JsonlWriter, Sink
 
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    cmd = command_after_dashes(args.cmd)
     if args.pid is not None and cmd:
         raise InputError("trace: give either -p PID or a command after --, not both")
     if args.pid is None and not cmd:
