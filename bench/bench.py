@@ -515,7 +515,8 @@ def run_shared(args: argparse.Namespace, out_dir: str) -> str:
     ]
     log("shared harness: " + " ".join(argv[1:]))
     with open(os.path.join(out_dir, "harness.log"), "wb") as output:
-        proc = subprocess.Popen(argv, cwd=WORK, env=dict(os.environ, IPCPROXY=IPCPROXY), stdout=subprocess.PIPE)
+        env = dict(os.environ, IPCPROXY=os.path.join(ROOT, "bench", "harness-ipcproxy"), IPCPROXY_REAL=IPCPROXY)
+        proc = subprocess.Popen(argv, cwd=WORK, env=env, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         for line in proc.stdout:
             output.write(line)
