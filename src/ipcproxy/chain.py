@@ -10,9 +10,9 @@ reported and the message goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .model import Action, Direction, Endpoint, Message, Verdict
 
@@ -39,6 +39,11 @@ class Context:
     # Set by the proxy: True when this is a reply to a call that was let through.
     reply_to_allowed_call: bool | None = None
     call_message: Message | None = None  # for replies: the call it answers, when known
+    # A message seen at the syscall level (`ipcproxy trace`): its channel as the trace records it, and
+    # every field of its data record (pid, tid, fd, size, ...); both None for D-Bus messages.
+    # Built by syscall.intercept.data_context, live and offline alike.
+    channel: dict[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
     _sender: Endpoint | None = None
     _destination: Endpoint | None = None
     scratch: dict[str, object] = field(default_factory=dict)
