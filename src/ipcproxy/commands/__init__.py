@@ -26,6 +26,7 @@ NAMES: tuple[str, ...] = (
     "export-policy",
     "campaign",
     "diff",
+    "report",
 )
 
 
