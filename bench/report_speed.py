@@ -100,7 +100,7 @@ def make_trace(folder: Path, messages: int) -> Path:
     subprocess.run(
         [*IPCPROXY, "run", "-q", "-w", str(trace), "--service", MOCK, "--wait-for", "org.example.Mock", "--",
          "/usr/bin/python3", "-c", CLIENT, str(calls)],
-        check=True, cwd=ROOT,
+        check=True, cwd=ROOT, stdout=subprocess.DEVNULL,  # the mock logs every call it answers
     )  # fmt: skip
     return trace
 
