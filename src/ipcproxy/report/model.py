@@ -87,10 +87,10 @@ class ModelBuilder:
         self._strings: dict[str, int] = {}
         self.strings: list[str] = []
         self._deliveries = Deliveries()
-        self._calls: dict[tuple[Any, Any], int] = {}  # (caller bus name, serial) -> row of the call
+        self._calls: dict[tuple[Any, ...], int] = {}  # (caller bus name, serial) -> row of the call
         self._sends: dict[int, int] = {}  # seq of a data send -> its row
         self._t0: int | None = None
-        self._delivered: set[int] = set()
+        self.relabels = 0  # how often an earlier key was renamed: earlier rows may now sit on another lifeline
 
     # -------------------------------------------------------------- identities
     def _key(self, ep: dict[str, Any] | None, fallback: str | None = None) -> int:
@@ -110,6 +110,7 @@ class ModelBuilder:
             self._key_labels.append(label)
         elif _rank(label) < _rank(self._key_labels[number]):
             self._key_labels[number] = label
+            self.relabels += 1
         return number
 
     def _string(self, text: Any) -> int:
