@@ -32,12 +32,15 @@
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <linux/seccomp.h>
+#include <mqueue.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/msg.h>
+#include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -72,7 +75,13 @@
 #define MAX_ADDR 128
 
 /* how a syscall's arguments are read at exit */
-enum shape { S_NONE, S_BUF, S_IOV, S_MSG, S_MMSG, S_PAIR, S_NEWFD, S_ADDR, S_PLAIN };
+enum shape {
+    S_NONE, S_BUF, S_IOV, S_MSG, S_MMSG, S_PAIR, S_NEWFD, S_ADDR, S_PLAIN,
+    /* message queues: the queue's name or its messages' priority (mq) and type (SysV) go in addr */
+    S_MQOPEN, S_MQSEND, S_MQRECV, S_MSGGET, S_MSGSND, S_MSGRCV,
+    /* channels whose bytes this level cannot see: the fds involved (and a shared mapping's path) */
+    S_MMAP, S_MOVE
+};
 
 typedef struct {
     const char *name;
@@ -120,8 +129,44 @@ static const Syscall SYSCALLS[] = {
     {"close_range", SYS_close_range, S_PLAIN, 0},
     {"execve", SYS_execve, S_PLAIN, 0},
     {"execveat", SYS_execveat, S_PLAIN, 0},
+    /* POSIX message queues (addr: the name at mq_open, the priority at mq_timedreceive); mq_unlink and
+     * mq_notify change no message and no attribution: not stopped at */
+    {"mq_open", SYS_mq_open, S_MQOPEN, 0},
+    {"mq_timedsend", SYS_mq_timedsend, S_MQSEND, 1},
+    {"mq_timedreceive", SYS_mq_timedreceive, S_MQRECV, 0},
+    /* SysV message queues (addr: the message's mtype) */
+    {"msgget", SYS_msgget, S_MSGGET, 0},
+    {"msgsnd", SYS_msgsnd, S_MSGSND, 1},
+    {"msgrcv", SYS_msgrcv, S_MSGRCV, 0},
+    {"msgctl", SYS_msgctl, S_PLAIN, 0},
+    /* opaque channels: shared memory, io_uring, bytes moved inside the kernel */
+    {"shmget", SYS_shmget, S_PLAIN, 0},
+    {"shmat", SYS_shmat, S_PLAIN, 0},
+    {"mmap", SYS_mmap, S_MMAP, 0}, /* only MAP_SHARED mappings stop (see install_filter) */
+#ifdef SYS_io_uring_setup
+    {"io_uring_setup", SYS_io_uring_setup, S_NEWFD, 0},
+#endif
+    {"splice", SYS_splice, S_MOVE, 1},
+    {"tee", SYS_tee, S_MOVE, 1},
+    {"vmsplice", SYS_vmsplice, S_MOVE, 1},
+    {"sendfile", SYS_sendfile, S_MOVE, 1},
+    {"copy_file_range", SYS_copy_file_range, S_MOVE, 1},
 };
 #define N_SYSCALLS (sizeof(SYSCALLS) / sizeof(SYSCALLS[0]))
+
+/* Syscalls that stop only when an argument has a flag: (nr, argument index, mask). */
+typedef struct {
+    int nr;
+    int arg;
+    uint32_t mask;
+} ArgFilter;
+
+static const ArgFilter ARG_FILTERS[] = {
+    {SYS_mmap, 3, MAP_SHARED}, /* a private mapping (every program loading a library) is no channel */
+};
+#define N_ARG_FILTERS (sizeof(ARG_FILTERS) / sizeof(ARG_FILTERS[0]))
+
+#define MAX_NAME 256 /* a queue's name or a mapped file's path, as recorded */
 
 /* One event as Python reads it (struct format in events.py); addr and payload follow, padded to 8. */
 typedef struct {
@@ -493,11 +538,152 @@ static int emit_msghdr(Tracer *t, Tracee *e, int64_t ret, unsigned index, uint64
     return emit_data(t, e, ret, index, t->iov, n, length, addr, addr_len, nfds);
 }
 
+/* ------------------------------------------------------------------ message queues and opaque channels */
+
+/* A string of the tracee's (a queue's name), up to MAX_NAME bytes, read page by page; its length. */
+static size_t peek_string(pid_t tid, uint64_t at, char *out) {
+    size_t len = 0;
+    while (at && len < MAX_NAME) {
+        size_t room = 4096 - (size_t)((at + len) & 4095);
+        if (room > MAX_NAME - len) room = MAX_NAME - len;
+        ssize_t got = peek(tid, out + len, at + len, room);
+        if (got <= 0) break;
+        char *nul = memchr(out + len, 0, (size_t)got);
+        if (nul) return (size_t)(nul - out);
+        len += (size_t)got;
+    }
+    return len;
+}
+
+/* Messages a queue holds now, asked while the tracee that opened it is stopped (0: not known). */
+static uint64_t mq_held(pid_t tgid, int fd) {
+    struct mq_attr attr;
+    int pidfd = (int)syscall(SYS_pidfd_open, tgid, 0);
+    if (pidfd < 0) return 0;
+    int mine = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    close(pidfd);
+    if (mine < 0) return 0;
+    long ok = syscall(SYS_mq_getsetattr, mine, NULL, &attr);
+    close(mine);
+    return ok == 0 && attr.mq_curmsgs > 0 ? (uint64_t)attr.mq_curmsgs : 0;
+}
+
+/* A call without payload: fds[0] and fds[1] (-1: none) described, ``length`` and ``tail`` (addr) as given. */
+static int emit_facts(Tracer *t, Tracee *e, int64_t ret, int fd0, int fd1, uint64_t length, const void *tail,
+                      size_t tail_len) {
+    Event *ev = reserve(t, tail_len);
+    if (!ev) return -1;
+    ev->kind = EV_SYSCALL;
+    ev->tid = e->tid;
+    ev->pid = e->tgid;
+    ev->ts = now_ns();
+    ev->ts_entry = e->ts_entry;
+    ev->nr = e->nr;
+    memcpy(ev->args, e->args, sizeof ev->args);
+    ev->ret = ret;
+    ev->fds[0] = fd0;
+    ev->fds[1] = fd1;
+    for (int i = 0; i < 2; i++)
+        if (ev->fds[i] >= 0) stat_fd(e->tid, ev->fds[i], &ev->ino[i], &ev->dev[i], &ev->mode[i]);
+    ev->length = length;
+    ev->addr_len = (uint16_t)tail_len;
+    if (tail_len) memcpy(ev + 1, tail, tail_len);
+    return 0;
+}
+
+/* msgsnd/msgrcv: the message's mtype (addr) and its text (payload); a SysV queue has no fd. */
+static int emit_sysv(Tracer *t, Tracee *e, int64_t ret, uint64_t length) {
+    int64_t *a = e->args;
+    long mtype = 0;
+    int failed = 0;
+    size_t addr_len = ret >= 0 && peek(e->tid, &mtype, (uint64_t)a[1], sizeof mtype) == (ssize_t)sizeof mtype
+                          ? sizeof mtype : 0;
+    struct iovec one = {(void *)(uintptr_t)((uint64_t)a[1] + sizeof(long)), (size_t)length};
+    size_t got = ret >= 0 ? gather(t, e->tid, &one, 1, length, &failed) : 0;
+    Event *ev = reserve(t, addr_len + got);
+    if (!ev) return -1;
+    ev->kind = EV_SYSCALL;
+    ev->tid = e->tid;
+    ev->pid = e->tgid;
+    ev->ts = now_ns();
+    ev->ts_entry = e->ts_entry;
+    ev->nr = e->nr;
+    memcpy(ev->args, a, sizeof ev->args);
+    ev->ret = ret;
+    ev->fds[0] = ev->fds[1] = -1;
+    ev->length = length;
+    ev->addr_len = (uint16_t)addr_len;
+    ev->flags = failed ? FLAG_FAILED_READ : 0;
+    ev->payload_len = (uint32_t)got;
+    unsigned char *tail = (unsigned char *)(ev + 1);
+    memcpy(tail, &mtype, addr_len);
+    if (got) memcpy(tail + addr_len, t->scratch, got);
+    return 0;
+}
+
+/* The queue and opaque-channel shapes; 1 when ``sc`` is not one of them. */
+static int emit_queue_exit(Tracer *t, Tracee *e, const Syscall *sc, int64_t ret) {
+    int64_t *a = e->args;
+    char name[MAX_NAME];
+    switch (sc->shape) {
+    case S_MQOPEN: {
+        size_t len = peek_string(e->tid, (uint64_t)a[0], name);
+        return emit_facts(t, e, ret, ret >= 0 ? (int)ret : -1, -1, ret >= 0 ? mq_held(e->tgid, (int)ret) : 0, name,
+                          len);
+    }
+    case S_MQSEND: {
+        struct iovec one = {(void *)(uintptr_t)a[1], (size_t)a[2]};
+        return emit_data(t, e, ret, 0, &one, 1, ret == 0 ? (uint64_t)a[2] : 0, NULL, 0, 0);
+    }
+    case S_MQRECV: {
+        uint32_t prio = 0;
+        size_t prio_len = ret >= 0 && a[3] && peek(e->tid, &prio, (uint64_t)a[3], sizeof prio) == (ssize_t)sizeof prio
+                              ? sizeof prio : 0;
+        struct iovec one = {(void *)(uintptr_t)a[1], ret > 0 ? (size_t)ret : 0};
+        return emit_data(t, e, ret, 0, &one, 1, ret > 0 ? (uint64_t)ret : 0, (unsigned char *)&prio, prio_len, 0);
+    }
+    case S_MSGGET: {
+        struct msqid_ds ds;
+        uint64_t held = ret >= 0 && msgctl((int)ret, IPC_STAT, &ds) == 0 ? (uint64_t)ds.msg_qnum : 0;
+        return emit_facts(t, e, ret, -1, -1, held, NULL, 0);
+    }
+    case S_MSGSND:
+        return emit_sysv(t, e, ret, ret == 0 ? (uint64_t)a[2] : 0);
+    case S_MSGRCV:
+        return emit_sysv(t, e, ret, ret > 0 ? (uint64_t)ret : 0);
+    case S_MMAP: {
+        /* a shared mapping of a file (its path: /dev/shm, memfd:...) is a channel; an anonymous one is not */
+        if (ret < 0 || !(a[3] & MAP_SHARED) || (a[3] & MAP_ANONYMOUS) || (int)a[4] < 0) return 0;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/fd/%d", e->tid, (int)a[4]);
+        ssize_t len = readlink(path, name, sizeof name);
+        return emit_facts(t, e, ret, (int)a[4], -1, (uint64_t)a[1], name, len > 0 ? (size_t)len : 0);
+    }
+    case S_MOVE: {
+        /* fds[0]: where the bytes came from, fds[1]: where they went (vmsplice: its one pipe) */
+        int from = (int)a[0], to = -1;
+        if (e->nr == SYS_splice || e->nr == SYS_copy_file_range)
+            to = (int)a[2];
+        else if (e->nr == SYS_tee)
+            to = (int)a[1];
+        else if (e->nr == SYS_sendfile) {
+            from = (int)a[1];
+            to = (int)a[0];
+        }
+        return emit_facts(t, e, ret, from, to, ret > 0 ? (uint64_t)ret : 0, NULL, 0);
+    }
+    default:
+        return 1;
+    }
+}
+
 static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
     const Syscall *sc = lookup_syscall(e->nr);
     int64_t *a = e->args;
     uint64_t moved = ret > 0 ? (uint64_t)ret : 0;
     if (!sc) return 0;
+    int queue = emit_queue_exit(t, e, sc, ret);
+    if (queue <= 0) return queue;
     switch (sc->shape) {
     case S_BUF: {
         struct iovec one = {(void *)(uintptr_t)a[1], (size_t)moved};
@@ -780,19 +966,58 @@ static void Tracer_dealloc(Tracer *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int arg_filtered(int nr) {
+    for (size_t j = 0; j < N_ARG_FILTERS; j++)
+        if (ARG_FILTERS[j].nr == nr) return 1;
+    return 0;
+}
+
+/* The filter: SECCOMP_RET_TRACE for the IPC syscalls (for those of ARG_FILTERS only when the flag is
+ * set), SECCOMP_RET_ALLOW for the rest. BPF jumps only forward, so the argument tests follow the table:
+ *   arch check, nr load, [x32 check], one JEQ per syscall -> TRACE, one JEQ per argument test -> its block,
+ *   ALLOW, the blocks (load the argument, JSET mask -> TRACE else ALLOW), ALLOW, TRACE. */
 static int install_filter(void) {
-    struct sock_filter prog[N_SYSCALLS + 8];
+    struct sock_filter prog[N_SYSCALLS + 10 + 3 * N_ARG_FILTERS];
+    size_t generic = 0;
+    for (size_t i = 0; i < N_SYSCALLS; i++) generic += !arg_filtered(SYSCALLS[i].nr);
+#if defined(__x86_64__)
+    size_t head = 5;
+#else
+    size_t head = 4;
+#endif
+    size_t first_allow = head + generic + N_ARG_FILTERS;
+    size_t allow_at = first_allow + 1 + 2 * N_ARG_FILTERS, trace_at = allow_at + 1;
     size_t n = 0;
     prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0);
     prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* a foreign arch runs free */
     prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
 #if defined(__x86_64__)
-    prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, N_SYSCALLS, 0); /* x32 */
+    prog[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, (unsigned char)(first_allow - n - 1),
+                                           0); /* x32 */
+    n++;
 #endif
-    for (size_t i = 0; i < N_SYSCALLS; i++)
-        prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYSCALLS[i].nr,
-                                                 (unsigned char)(N_SYSCALLS - i), 0);
+    for (size_t i = 0; i < N_SYSCALLS; i++) {
+        if (arg_filtered(SYSCALLS[i].nr)) continue;
+        prog[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYSCALLS[i].nr,
+                                               (unsigned char)(trace_at - n - 1), 0);
+        n++;
+    }
+    for (size_t j = 0; j < N_ARG_FILTERS; j++) {
+        size_t block = first_allow + 1 + 2 * j;
+        prog[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)ARG_FILTERS[j].nr,
+                                               (unsigned char)(block - n - 1), 0);
+        n++;
+    }
+    prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    for (size_t j = 0; j < N_ARG_FILTERS; j++) {
+        /* the argument's low 32 bits (both architectures are little-endian) */
+        prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                                 offsetof(struct seccomp_data, args) + 8 * (unsigned)ARG_FILTERS[j].arg);
+        prog[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, ARG_FILTERS[j].mask,
+                                               (unsigned char)(trace_at - n - 1), (unsigned char)(allow_at - n - 1));
+        n++;
+    }
     prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     prog[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE);
     struct sock_fprog fprog = {(unsigned short)n, prog};

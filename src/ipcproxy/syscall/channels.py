@@ -17,6 +17,12 @@ order against another writer's is not known) are ``None``: unknown, never a
 guess. A read that returned before the exit of a write it may have consumed
 was seen (the writer's exit stop can come later than the reader's) is held
 until no write on that channel is in flight.
+
+Message queues (POSIX ``mq_*``, SysV ``msg*``) are channels whose messages
+leave in the kernel's order, not the order sent: a receive is matched to a
+queued send by the rules of ``queues.py`` (priority, then order; SysV:
+the requested type). Channels whose bytes move where no syscall shows them
+(shared memory, io_uring, splice and friends) become ``Opaque`` uses.
 """
 
 from __future__ import annotations
@@ -27,14 +33,22 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..model import Endpoint
-from . import events, sockaddr
+from . import events, queues, sockaddr
 from .events import Event
+from .queues import SYSV_DEV, Queued
 
 O_CLOEXEC = 0o2000000  # also SOCK_CLOEXEC
 FD_CLOEXEC = 1
 F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
 CLOSE_RANGE_CLOEXEC = 4
 MSG_PEEK = 2
+MAP_SHARED = 1
+IPC_RMID = 0
+SPLICE_CALLS = {"splice": (0, 2), "tee": (0, 1), "sendfile": (1, 0), "copy_file_range": (0, 2), "vmsplice": (0, -1)}
+OPAQUE_CALLS = frozenset({"shmget", "shmat", "mmap", "io_uring_setup", *SPLICE_CALLS})
+QUEUE_CALLS = frozenset({"mq_open", "mq_timedsend", "mq_timedreceive", "msgget", "msgsnd", "msgrcv", "msgctl"})
+SYSV_IDS = {"sysv-msg": "msqid", "sysv-shm": "shmid"}
+ENTRY_FD_ARG = {name: out for name, (_, out) in SPLICE_CALLS.items() if out >= 0}  # where a write-family call writes
 
 SEND_CALLS = frozenset({"write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg"})
 RECV_CALLS = frozenset({"read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"})
@@ -49,7 +63,7 @@ UNKNOWN_TARGET = ("?",)  # an in-flight write whose channel is not known: it may
 class Channel:
     """A pipe, FIFO or socket, as the trace names it."""
 
-    kind: str  # pipe, fifo, unix, tcp, udp
+    kind: str  # pipe, fifo, unix, tcp, udp, mq, sysv-msg (inode: the msqid)
     dev: int
     inode: int
     path: str | None = None  # a FIFO's path, a unix socket's name (its own or its peer's)
@@ -58,6 +72,7 @@ class Channel:
     remote: str | None = None
     peer: int | None = None  # inode of the connected peer socket, when known
     peer_pid: int | None = None  # a unix socket's peer process (its credentials), traced or not
+    ipc_key: int | None = None  # a SysV queue's key (0: IPC_PRIVATE)
 
     @property
     def key(self) -> Key:
@@ -68,6 +83,8 @@ class Channel:
         return self.kind in STREAM_KINDS or self.socktype == "stream"
 
     def to_json(self) -> dict[str, object]:
+        if self.kind in SYSV_IDS:  # no inode: the kernel's id and the key it was made with
+            return {"kind": self.kind, "key": self.ipc_key, SYSV_IDS[self.kind]: self.inode}
         out: dict[str, object] = {"kind": self.kind, "inode": self.inode}
         for name in ("path", "socktype", "local", "remote", "peer", "peer_pid"):
             value = getattr(self, name)
@@ -87,6 +104,14 @@ class Facts(Protocol):
         """Who a process is (pid, exe, comm, uid), for one the stop loop has not described (the first)."""
         ...
 
+    def queue_name(self, pid: int, fd: int) -> str | None:
+        """A POSIX message queue's name (``/jobs``) for an fd whose ``mq_open`` was not seen."""
+        ...
+
+    def sysv_key(self, kind: str, ident: int) -> int | None:
+        """The key of a SysV queue (``kind`` "msg") or segment ("shm") whose ``msgget``/``shmget`` was not seen."""
+        ...
+
 
 @dataclass(slots=True)
 class Transfer:
@@ -98,7 +123,7 @@ class Transfer:
     tid: int
     ts: int  # at the syscall's exit
     ts_entry: int
-    fd: int
+    fd: int | None  # None: a SysV queue (no fd)
     channel: Channel
     size: int  # the full length moved
     payload: bytes  # its first bytes (up to the tracer's max payload)
@@ -107,6 +132,11 @@ class Transfer:
     destination: Endpoint
     consumed: list[Transfer | None] | None = None  # recv: the writes it took bytes from (None: unknown)
     seq: int = 0  # the trace record's number, set when it is recorded
+    priority: int | None = None  # mq: the message's priority (a receive's, when the program asked for it)
+    mtype: int | None = None  # sysv-msg: the message's type
+    msgtyp: int | None = None  # sysv-msg receive: the type asked for
+    msgflg: int = 0  # sysv-msg receive: its flags (MSG_EXCEPT, MSG_COPY, MSG_NOERROR), and its buffer's size
+    msgsz: int = 0
 
     @property
     def truncated(self) -> bool:
@@ -135,6 +165,25 @@ class _Queue:
     waiting: deque[tuple[Transfer, bool]] = field(default_factory=deque)  # held reads (with their peek flag)
     queued: int = 0  # bytes in entries
     last_read: Transfer | None = None
+    messages: bool = False  # a message queue: receives take the message queues.py picks
+    backlog: int = 0  # messages it held that no traced send accounts for (ahead of the traced ones)
+
+
+@dataclass(slots=True)
+class Opaque:
+    """IPC this level cannot see the bytes of: a shared mapping, an io_uring, bytes spliced between fds."""
+
+    mechanism: str  # shared-memory, io_uring, splice
+    syscall: str
+    pid: int
+    tid: int
+    ts: int
+    process: Endpoint
+    channel: Channel | None  # the IPC object (a spliced-to or -from pipe or socket)
+    size: int | None  # bytes moved, or the mapping's or segment's length
+    processes: list[Endpoint]  # traced processes known to share it (shared memory: its mappers so far)
+    source: Channel | None = None  # splice family: where the bytes came from, where they went
+    target: Channel | None = None
 
 
 class ChannelTable:
@@ -151,6 +200,9 @@ class ChannelTable:
         self._holders_generation = -1
         self.bound_at: dict[tuple[str, str], Key] = {}  # (kind, local address) -> the socket bound there
         self.connections: dict[tuple[str, str], Key] = {}  # tcp (local, remote) -> socket
+        self.opaque: list[Opaque] = []  # uses of opaque channels, taken by the caller after each feed
+        self.mappers: dict[Key, dict[int, Endpoint]] = {}  # a shared-memory object -> who mapped it
+        self.segments: dict[int, tuple[int, int]] = {}  # SysV shmid -> (key, size), from shmget
 
     # ---------------------------------------------------------------- events in, transfers out
     def feed(self, ev: Event) -> list[Transfer]:
@@ -163,10 +215,18 @@ class ChannelTable:
                 return self._send(ev)
             if name in RECV_CALLS:
                 return self._recv(ev)
+            if name in QUEUE_CALLS:
+                return self._queue_call(ev)
+            if name in OPAQUE_CALLS:
+                self._opaque_call(ev)
+                return []
             self._channel_call(ev)
             return []
         if kind == events.ENTRY:
-            target = self._target_of(ev.pid, ev.args[0])
+            if ev.name == "msgsnd":
+                target: Key | tuple[str] | None = (SYSV_DEV, ev.args[0])
+            else:
+                target = self._target_of(ev.pid, ev.args[ENTRY_FD_ARG.get(ev.name, 0)])
             if target is not None:
                 self.inflight[ev.tid] = target
             return []
@@ -344,7 +404,7 @@ class ChannelTable:
 
     def _receiver(self, channel: Channel, address: bytes) -> Key | None:
         """Where bytes sent on ``channel`` are queued: the pipe itself, or the receiving socket."""
-        if channel.kind in ("pipe", "fifo"):
+        if channel.kind in ("pipe", "fifo", "mq", "sysv-msg"):
             return channel.key
         if channel.peer is not None:
             return (channel.dev, channel.peer)
@@ -497,11 +557,17 @@ class ChannelTable:
         out = []
         while queue.waiting:
             transfer, peek = queue.waiting[0]
-            covered = queue.queued >= transfer.size if queue.stream else bool(queue.entries)
+            if queue.messages:
+                covered = queue.backlog > 0 or self._pick(queue, transfer).known
+            else:
+                covered = queue.queued >= transfer.size if queue.stream else bool(queue.entries)
             if not covered and self._writing_to(key):
                 break
             queue.waiting.popleft()
-            self._consume(queue, transfer, peek)
+            if queue.messages:
+                self._take_message(queue, transfer)
+            else:
+                self._consume(queue, transfer, peek)
             out.append(transfer)
         return out
 
@@ -551,7 +617,265 @@ class ChannelTable:
         ):
             transfer.sender = self.endpoint(channel.peer_pid)  # outside the traced tree
 
+    # ---------------------------------------------------------------- message queues
+    def _queue_call(self, ev: Event) -> list[Transfer]:
+        name = ev.name
+        if name in ("mq_timedsend", "msgsnd"):
+            return self._queue_send(ev)
+        if name in ("mq_timedreceive", "msgrcv"):
+            return self._queue_recv(ev)
+        if ev.ret < 0:
+            return []
+        if name == "mq_open":  # its descriptor is always close-on-exec
+            key = (ev.devs[0], ev.inodes[0])
+            access = ev.args[1] & 3
+            self._set_fd(ev.pid, ev.ret, key, access != 1, access != 0, True)
+            path = (
+                "/" + ev.addr.decode(errors="replace").lstrip("/") if ev.addr else self.facts.queue_name(ev.pid, ev.ret)
+            )
+            self.channels[key] = Channel("mq", key[0], key[1], path=path)
+            self.not_ipc.discard(key)
+            self._reconcile(key, ev.length)
+        elif name == "msgget":
+            key = (SYSV_DEV, ev.ret)
+            self.channels[key] = Channel("sysv-msg", SYSV_DEV, ev.ret, ipc_key=_key_t(ev.args[0]))
+            self._reconcile(key, ev.length)
+        elif name == "msgctl" and ev.args[1] & 0xFF == IPC_RMID:
+            self.channels.pop((SYSV_DEV, ev.args[0]), None)
+            self.queues.pop((SYSV_DEV, ev.args[0]), None)
+        return []
+
+    def _reconcile(self, key: Key, held: int) -> None:
+        """A queue was opened holding ``held`` messages: those no traced send accounts for are its backlog."""
+        if self._writing_to(key):
+            return  # a send in flight may or may not be in that count
+        queue = self._queue(key, False)
+        queue.messages = True
+        if held == 0:  # empty: whatever traced sends left in it was taken by someone not traced
+            queue.entries.clear()
+            queue.queued = queue.backlog = 0
+        elif held >= len(queue.entries):
+            queue.backlog = held - len(queue.entries)
+        else:  # fewer than traced: something outside the tree took some, which is not known
+            queue.backlog = 0
+            for item in queue.entries:
+                item.ambiguous = True
+
+    def _queue_channel(self, ev: Event) -> tuple[Channel, Key] | None:
+        if ev.name in ("msgsnd", "msgrcv"):
+            key = (SYSV_DEV, ev.args[0])
+            channel = self.channels.get(key)
+            if channel is None:
+                channel = self.channels[key] = Channel(
+                    "sysv-msg", SYSV_DEV, ev.args[0], ipc_key=self.facts.sysv_key("msg", ev.args[0])
+                )
+            return channel, key
+        key = (ev.devs[0], ev.inodes[0])
+        if not key[1]:
+            return None  # the fd was gone at the exit stop
+        channel = self.channels.get(key)
+        if channel is None or channel.kind != "mq":
+            channel = self.channels[key] = Channel("mq", key[0], key[1], path=self.facts.queue_name(ev.pid, ev.args[0]))
+            self.not_ipc.discard(key)
+        entry = self._fd(ev.pid, ev.args[0])
+        if entry is None or entry.key != key:
+            self._set_fd(ev.pid, ev.args[0], key, True, True, True)
+        return channel, key
+
+    def _queue_transfer(self, ev: Event, direction: str) -> tuple[Transfer, Key] | None:
+        found = self._queue_channel(ev)
+        if found is None:
+            return None
+        channel, key = found
+        me = self.endpoint(ev.pid)
+        transfer = Transfer(
+            direction=direction,
+            syscall=ev.name,
+            pid=ev.pid,
+            tid=ev.tid,
+            ts=ev.ts,
+            ts_entry=ev.ts_entry,
+            fd=None if channel.kind == "sysv-msg" else ev.args[0],
+            channel=channel,
+            size=ev.length,
+            payload=ev.payload,
+            nfds=0,
+            sender=me if direction == "send" else Endpoint(),
+            destination=me if direction == "recv" else Endpoint(),
+        )
+        if channel.kind == "sysv-msg":
+            transfer.mtype = int.from_bytes(ev.addr, "little", signed=True) if len(ev.addr) == 8 else None
+            if direction == "recv":
+                transfer.msgtyp, transfer.msgflg, transfer.msgsz = ev.args[3], ev.args[4], ev.args[2]
+        elif direction == "send":
+            transfer.priority = ev.args[3] & 0xFFFFFFFF
+        elif len(ev.addr) == 4:
+            transfer.priority = int.from_bytes(ev.addr, "little")
+        return transfer, key
+
+    def _queue_send(self, ev: Event) -> list[Transfer]:
+        made = self._queue_transfer(ev, "send") if ev.ret >= 0 else None
+        if made is None:
+            return self._end_write(ev.tid)
+        transfer, key = made
+        if transfer.channel.kind == "mq":
+            transfer.destination = self._one_endpoint(self._holders(key, True, ev.pid))
+        queue = self._queue(key, False)
+        queue.messages = True
+        queued = _Queued(transfer, transfer.size)
+        tag = _tag(transfer)
+        for last in reversed(queue.entries):  # two senders in the kernel at once: their order is not known
+            if last.transfer.ts <= transfer.ts_entry:
+                break
+            if last.transfer.pid != transfer.pid and _tag(last.transfer) == tag:
+                last.ambiguous = queued.ambiguous = True
+        queue.entries.append(queued)
+        queue.queued += transfer.size
+        if len(queue.entries) > MAX_QUEUED:
+            queue.queued -= queue.entries.popleft().left
+        return [transfer, *self._end_write(ev.tid)]
+
+    def _queue_recv(self, ev: Event) -> list[Transfer]:
+        made = self._queue_transfer(ev, "recv") if ev.ret >= 0 else None
+        if made is None:
+            return []
+        transfer, key = made
+        queue = self._queue(key, False)
+        queue.messages = True
+        queue.waiting.append((transfer, False))
+        return self._release(key)
+
+    def _pick(self, queue: _Queue, transfer: Transfer) -> queues.Pick:
+        queued = [Queued(_tag(item.transfer), item.transfer.size) for item in queue.entries]
+        if transfer.channel.kind == "mq":
+            return queues.mq_pick(queued, transfer.priority, transfer.size)
+        return queues.sysv_pick(
+            queued, transfer.msgtyp or 0, transfer.msgflg, transfer.mtype, transfer.size, transfer.msgsz
+        )
+
+    def _take_message(self, queue: _Queue, transfer: Transfer) -> None:
+        if queue.backlog > 0:  # an older message, from before the trace or from outside the tree
+            queue.backlog -= 1
+            transfer.consumed = [None]
+            return
+        pick = self._pick(queue, transfer)
+        item = queue.entries[pick.index] if pick.index is not None else None
+        if item is not None and pick.remove:
+            del queue.entries[pick.index]  # type: ignore[arg-type]
+            queue.queued -= item.left
+        if item is not None and pick.known and not item.ambiguous:
+            transfer.consumed = [item.transfer]
+            transfer.sender = item.transfer.sender
+        else:
+            transfer.consumed = [None]
+
+    # ---------------------------------------------------------------- opaque channels
+    def _opaque_call(self, ev: Event) -> None:
+        name, a = ev.name, ev.args
+        if ev.ret < 0:
+            return
+        me = self.endpoint(ev.pid)
+        if name == "shmget":
+            self.segments[ev.ret] = (_key_t(a[0]), a[1])
+            return
+        if name == "shmat":
+            key_size = self.segments.get(a[0])
+            if key_size is None:
+                key_size = (self.facts.sysv_key("shm", a[0]) or 0, 0)
+            channel = Channel("sysv-shm", SYSV_DEV, a[0], ipc_key=key_size[0])
+            self._shared(ev, me, channel, key_size[1] or None)
+        elif name == "mmap":
+            path = ev.addr.decode(errors="replace")
+            if not a[3] & MAP_SHARED or not (path.startswith("/dev/shm/") or path.startswith("/memfd:")):
+                return  # a shared mapping of an ordinary file is file I/O here
+            kind = "memfd" if path.startswith("/memfd:") else "shm"
+            self._shared(ev, me, Channel(kind, ev.devs[0], ev.inodes[0], path=path), a[1])
+        elif name == "io_uring_setup":
+            ring = Channel("io_uring", ev.devs[0], ev.inodes[0])
+            self.opaque.append(Opaque("io_uring", name, ev.pid, ev.tid, ev.ts, me, ring, None, [me]))
+        else:
+            self._moved(ev, me)
+
+    def _shared(self, ev: Event, me: Endpoint, channel: Channel, size: int | None) -> None:
+        """A process mapped shared memory: reported once per process and object, with its mappers so far."""
+        mappers = self.mappers.setdefault(channel.key, {})
+        if ev.pid in mappers:
+            return
+        mappers[ev.pid] = me
+        self.opaque.append(
+            Opaque("shared-memory", ev.name, ev.pid, ev.tid, ev.ts, me, channel, size, list(mappers.values()))
+        )
+
+    def _moved(self, ev: Event, me: Endpoint) -> None:
+        """splice, tee, vmsplice, sendfile, copy_file_range: bytes moved in the kernel to or from a channel."""
+        if ev.length <= 0:
+            return
+        ends: list[Channel | None] = []
+        for i in (0, 1):
+            key = (ev.devs[i], ev.inodes[i])
+            ends.append(self._describe(ev.pid, ev.fds[i], key, ev.modes[i]) if ev.fds[i] >= 0 and key[1] else None)
+        source, target = ends
+        if ev.name == "vmsplice" and source is not None:  # one pipe: into it from its write end
+            entry = self._fd(ev.pid, ev.fds[0])
+            if entry is not None and entry.write and not entry.read:
+                source, target = None, source
+        if source is None and target is None:
+            return  # file to file
+        others: list[Endpoint] = [me]
+        if target is not None and (receiver := self._receiver(target, b"")) is not None:
+            queue = self._queue(receiver, target.stream)  # the bytes are there, from no traced write
+            placeholder = Transfer(
+                "send",
+                ev.name,
+                ev.pid,
+                ev.tid,
+                ev.ts,
+                ev.ts_entry,
+                ev.fds[1],
+                target,
+                ev.length,
+                b"",
+                0,
+                me,
+                Endpoint(),
+            )
+            queue.entries.append(_Queued(placeholder, ev.length, ambiguous=True))
+            queue.queued += ev.length
+            others += [self.endpoint(pid) for pid in self._holders(receiver, True, ev.pid)]
+        if source is not None and ev.name != "tee":
+            self._drop_bytes(source.key, ev.length)
+        self.opaque.append(
+            Opaque("splice", ev.name, ev.pid, ev.tid, ev.ts, me, target or source, ev.length, others, source, target)
+        )
+
+    def _drop_bytes(self, key: Key, size: int) -> None:
+        """``size`` bytes left ``key``'s queue unseen (spliced out): the next reads start after them."""
+        queue = self.queues.get(key)
+        if queue is None:
+            return
+        while size > 0 and queue.entries:
+            item = queue.entries[0]
+            take = min(size, item.left) if queue.stream else item.left
+            item.left -= take
+            queue.queued -= take
+            size -= take
+            if item.left == 0:
+                queue.entries.popleft()
+            if not queue.stream:
+                break
+
 
 def _add(consumed: list[Transfer | None], item: Transfer | None) -> None:
     if not consumed or consumed[-1] is not item:
         consumed.append(item)
+
+
+def _tag(transfer: Transfer) -> int:
+    """What a queue orders a message by: its priority (mq) or its type (SysV)."""
+    return (transfer.priority if transfer.channel.kind == "mq" else transfer.mtype) or 0
+
+
+def _key_t(value: int) -> int:
+    """A SysV key as the C type key_t (a signed 32-bit int) holds it."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value

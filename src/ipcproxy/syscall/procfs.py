@@ -2,8 +2,10 @@
 
 What an inode is comes from the tracee's /proc/PID/net tables (unix, tcp,
 udp) and, for a unix socket's peer, from the kernel's sock_diag; who a pid
-is comes from psutil. Answers are cached per inode and per pid: a channel is
-described once, when it first carries data after being connected.
+is comes from psutil; a message queue's name or a SysV queue's key, when
+the call that made it was not seen, from /proc/PID/fd and /proc/sysvipc.
+Answers are cached per inode and per pid: a channel is described once, when
+it first carries data after being connected.
 """
 
 from __future__ import annotations
@@ -163,6 +165,28 @@ class SystemFacts:
         for row_local, row_remote, ino in self._inet_rows(pid, kind):
             if row_local == remote and row_remote == local and ino:
                 return ino
+        return None
+
+    # -- message queues and shared memory whose creating call was not seen
+    @staticmethod
+    def queue_name(pid: int, fd: int) -> str | None:
+        try:
+            return os.readlink(f"/proc/{pid}/fd/{fd}")  # an mqueue fd links to its queue's name: /jobs
+        except OSError:
+            return None
+
+    @staticmethod
+    def sysv_key(kind: str, ident: int) -> int | None:
+        """From /proc/sysvipc/msg or shm: ``key msqid ...`` per line."""
+        try:
+            with open(f"/proc/sysvipc/{kind}") as table:
+                next(table)
+                for line in table:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[1] == str(ident):
+                        return int(parts[0])
+        except (OSError, StopIteration, ValueError):
+            pass
         return None
 
     # -- processes

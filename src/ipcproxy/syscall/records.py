@@ -1,11 +1,14 @@
-"""A ``Transfer`` as a trace record's fields (``type: data``; see docs/trace-format.md)."""
+"""A ``Transfer`` as a trace record's fields (``type: data``), an ``Opaque`` use as an ``opaque`` event's
+(see docs/trace-format.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..model import Endpoint
-from .channels import Channel, Transfer
+from .channels import Channel, Opaque, Transfer
+
+NOT_VISIBLE = "payload not visible at this level"
 
 # Every record of a process names it the same way, and so for a channel: their JSON is built once.
 # Keyed by id(), holding the object so that the id cannot be reused; a channel is built again when
@@ -51,8 +54,36 @@ def data_fields(transfer: Transfer) -> dict[str, Any]:
         "fds": transfer.nfds,
         "verdict": "forwarded",
     }
+    if transfer.priority is not None:
+        fields["priority"] = transfer.priority
+    if transfer.mtype is not None:
+        fields["mtype"] = transfer.mtype
+    if transfer.msgtyp is not None:
+        fields["msgtyp"] = transfer.msgtyp
     if transfer.truncated:
         fields["truncated"] = True
     if transfer.consumed is not None:
         fields["consumed"] = [item.seq if item is not None else "unknown" for item in transfer.consumed]
+    return fields
+
+
+def opaque_fields(use: Opaque) -> dict[str, Any]:
+    """An ``opaque`` event record: everything but ``seq``, ``ts`` and ``time``."""
+    fields: dict[str, Any] = {
+        "type": "event",
+        "event": "opaque",
+        "mechanism": use.mechanism,
+        "syscall": use.syscall,
+        "pid": use.pid,
+        "tid": use.tid,
+        "process": _endpoint_json(use.process),
+        "channel": use.channel.to_json() if use.channel is not None else None,
+    }
+    if use.source is not None or use.target is not None:
+        fields["from"] = use.source.to_json() if use.source is not None else None
+        fields["to"] = use.target.to_json() if use.target is not None else None
+    if use.size is not None:
+        fields["size"] = use.size
+    fields["processes"] = [_endpoint_json(ep) for ep in use.processes]
+    fields["note"] = NOT_VISIBLE
     return fields

@@ -28,7 +28,7 @@ from ..errors import InputError, RunFailed
 from ..trace.recorder import Recorder
 from . import events
 from .channels import ChannelTable, Facts
-from .records import data_fields
+from .records import data_fields, opaque_fields
 
 FLUSH_EVERY = 0.05  # seconds: how old records may get before they are written (what a SIGKILL can lose)
 
@@ -172,6 +172,10 @@ class SyscallTrace:
         for transfer in self.table.feed(ev):
             transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
             self.messages += 1
+        if self.table.opaque:
+            for use in self.table.opaque:
+                self.recorder.record(opaque_fields(use), use.ts)
+            self.table.opaque.clear()
 
     def _finish(self, reason: str) -> None:
         for transfer in self.table.finish():

@@ -131,7 +131,22 @@ def _paint(text: str, style: str | None, color: bool) -> str:
     return f"{_STYLES[style]}{text}{_RESET}"
 
 
+def _opaque_line(rec: dict[str, Any]) -> str:
+    """``opaque shared-memory mmap python(7) shm:/dev/shm/x 4096 B with python(7),python(8)``."""
+    words = ["opaque", str(rec.get("mechanism")), str(rec.get("syscall")), process_label(rec.get("process"))]
+    words.append(channel_label(rec.get("channel")))
+    if rec.get("size") is not None:
+        words.append(f"{rec['size']} B")
+    processes = rec.get("processes")
+    if isinstance(processes, list) and processes:
+        words.append("with " + ",".join(process_label(p) for p in processes if isinstance(p, dict)))
+    words.append(f"({rec.get('note')})")
+    return " ".join(words)
+
+
 def _event_line(rec: dict[str, Any]) -> str:
+    if rec.get("event") == "opaque":
+        return _opaque_line(rec)
     words = [f"{rec.get('event')}"]
     if rec.get("connection") is not None:
         words.append(f"connection={rec['connection']}")
@@ -165,6 +180,11 @@ def channel_label(channel: dict[str, Any] | None) -> str:
     if not channel:
         return "?"
     kind = channel.get("kind", "?")
+    for ident in ("msqid", "shmid"):  # a SysV queue or segment: its key as ipcs prints it
+        if ident in channel:
+            key = channel.get("key")
+            shown = f"key=0x{key & 0xFFFFFFFF:08x}," if isinstance(key, int) else ""
+            return f"{kind}:{shown}{ident}={channel[ident]}"
     if channel.get("local"):
         remote = f"->{channel['remote']}" if channel.get("remote") else ""
         return f"{kind}:{channel['local']}{remote}"
@@ -184,7 +204,11 @@ def payload_preview(hex_text: str, limit: int = ARG_LIMIT) -> str:
 
 def _data_line(rec: dict[str, Any], parts: list[str], color: bool, args: bool, limit: int) -> str:
     parts.append(f"{process_label(rec.get('sender'))} -> {process_label(rec.get('destination'))}")
-    parts.append(f"{rec.get('syscall')} fd={rec.get('fd')} {rec.get('size')} B {channel_label(rec.get('channel'))}")
+    fd = f" fd={rec['fd']}" if rec.get("fd") is not None else ""
+    parts.append(f"{rec.get('syscall')}{fd} {rec.get('size')} B {channel_label(rec.get('channel'))}")
+    for key in ("priority", "mtype", "msgtyp"):  # message queues
+        if rec.get(key) is not None:
+            parts.append(f"{key}={rec[key]}")
     consumed = rec.get("consumed")
     if isinstance(consumed, list):
         parts.append("consumed=" + ",".join(f"#{c}" if isinstance(c, int) else str(c) for c in consumed))
