@@ -15,14 +15,14 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..chain import Context
-from ..model import BUS_DRIVER_NAME, Action, Direction, Verdict
-from . import actions
-from .plan import FaultPlan, FaultSpec, PlanError, load_plan
-from .selectors import OwnedNames, matches
+from ..model import BUS_DRIVER_NAME, Action, Direction, MessageType, Verdict
+from . import actions, data_actions
+from .plan import DATA_ONLY_ACTIONS, FaultPlan, FaultSpec, PlanError, load_plan
+from .selectors import OwnedNames, matches, may_select_syscall
 from .triggers import TriggerState
 
 MEMORY = 65536  # decisions remembered, for messages still on their way to receivers
@@ -81,8 +81,28 @@ class FaultInjector:
         self.fired = 0
 
     def intercept(self, ctx: Context) -> Verdict | None:
+        if ctx.message.type is MessageType.DATA:
+            return self._intercept_data(ctx)
         verdict = self._intercept(ctx)
         return self._keep_order(ctx, verdict)
+
+    def _intercept_data(self, ctx: Context) -> Verdict | None:
+        """A data message (syscall level) is seen once, by the call that moves it: decided and done there.
+
+        No order needs keeping: the tracer holds only the delayed thread, as a slow call would.
+        """
+        if self._start is None:
+            self._start = self._clock()
+        decision = self._decide(ctx)
+        if decision is None:
+            return None
+        return self._verdict(decision, ctx, "at the syscall")
+
+    def syscalls(self, known: Iterable[str]) -> set[str]:
+        """The syscalls (of ``known``) whose data messages some fault may select, or whose messages open
+        a fault's gate: the only calls the tracer needs to ask about."""
+        selectors = [a.spec.match for a in self.armed] + [a.spec.when.after for a in self.armed if a.spec.when.after]
+        return {name for name in known for sel in selectors if may_select_syscall(sel, name)}
 
     def _keep_order(self, ctx: Context, verdict: Verdict | None) -> Verdict | None:
         """A delayed message holds back the ones after it on its connection, as a slow link would.
@@ -169,7 +189,12 @@ class FaultInjector:
     def _verdict(self, decision: _Decision, ctx: Context, where: str) -> Verdict | None:
         spec = decision.armed.spec
         try:
-            verdict = actions.apply(spec.action, ctx.message, decision.armed.rng)
+            if ctx.message.type is MessageType.DATA:
+                verdict = data_actions.apply(spec.action, ctx, decision.armed.rng)
+            elif spec.action.kind in DATA_ONLY_ACTIONS:
+                return None  # errno and close are about syscalls; a D-Bus message has none
+            else:
+                verdict = actions.apply(spec.action, ctx.message, decision.armed.rng)
         except actions.ActionSkipped:
             return None
         self.fired += 1

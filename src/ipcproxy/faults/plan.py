@@ -17,8 +17,11 @@ from .. import yamlfile
 from ..model import MessageType
 from ..yamlfile import kind, said
 
-TYPES = {"method_call", "method_return", "error", "signal"}
+TYPES = {"method_call", "method_return", "error", "signal", "data"}
 SIDES = {"sender", "receiver"}
+TRANSPORTS = {"pipe", "fifo", "unix", "tcp", "udp", "mq", "sysv-msg"}
+DATA_DIRECTIONS = {"send", "recv"}
+SOCKTYPES = {"stream", "dgram", "seqpacket"}
 BOUNDARIES = {"min", "max", "zero", "empty", "long"}
 
 
@@ -38,8 +41,31 @@ class ArgPredicate:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelMatch:
+    """Which channel a data message travels on (syscall level); every field given must hold."""
+
+    kind: str | None = None
+    path: str | None = None  # a FIFO's or Unix socket's path: exact or a glob
+    address: str | None = None  # TCP/UDP "127.0.0.1:4000" (local or remote end): exact or a glob
+    socktype: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadMatch:
+    """A test on a data message's payload bytes: ``re``, ``contains``, ``prefix`` (text) or ``hex``."""
+
+    op: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Selector:
-    """Which messages a fault is about; every field given must hold."""
+    """Which messages a fault is about; every field given must hold.
+
+    The first fields are about D-Bus messages, the ones after ``reply_to``
+    about data messages seen at the syscall level (``ipcproxy trace``); a
+    selector is of one kind (``is_data``), which the loader checks.
+    """
 
     type: MessageType | None = None
     sender: str | None = None
@@ -50,6 +76,39 @@ class Selector:
     error_name: str | None = None
     args: tuple[tuple[int, ArgPredicate], ...] = ()
     reply_to: Selector | None = None  # for replies: the call they answer
+    transport: str | None = None
+    direction: str | None = None  # send | recv
+    syscall: str | None = None  # exact or a glob ("send*")
+    process: str | None = None  # the process making the call: exe, comm or pid
+    fd: int | None = None
+    channel: ChannelMatch | None = None
+    payload: PayloadMatch | None = None
+    size: tuple[ArgPredicate, ...] = ()
+
+    @property
+    def is_data(self) -> bool:
+        """Whether it selects data messages (syscall level) only."""
+        return self.type is MessageType.DATA or any(
+            v is not None and v != ()
+            for v in (
+                self.transport,
+                self.direction,
+                self.syscall,
+                self.process,
+                self.fd,
+                self.channel,
+                self.payload,
+                self.size or None,
+            )
+        )
+
+    @property
+    def is_dbus(self) -> bool:
+        """Whether it selects D-Bus messages only."""
+        return (self.type is not None and self.type is not MessageType.DATA) or any(
+            v is not None and v != ()
+            for v in (self.path, self.interface, self.member, self.error_name, self.args or None, self.reply_to)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +171,19 @@ class SetArg:
 
 @dataclass(frozen=True, slots=True)
 class Truncate:
-    bytes: int = 1
+    bytes: int = 1  # cut this many bytes off the end
     keep_length: bool = False  # True: cut the frame and leave its header lying about the size
+    to: int | None = None  # instead: keep only the first ``to`` bytes
+    fraction: float | None = None  # instead: keep this share of the bytes (rounded down)
     kind: str = "truncate"
+
+    def kept(self, length: int) -> int:
+        """How many of ``length`` bytes are left."""
+        if self.to is not None:
+            return min(self.to, length)
+        if self.fraction is not None:
+            return int(length * self.fraction)
+        return max(0, length - self.bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +205,28 @@ class Disconnect:
     kind: str = "disconnect"
 
 
-ActionSpec = Drop | Delay | Error | Corrupt | SetArg | Truncate | Duplicate | Reorder | Disconnect
+DEFAULT_ERRNO = "EIO"
+
+
+@dataclass(frozen=True, slots=True)
+class Errno:
+    """A data message's syscall fails with this errno (syscall level)."""
+
+    name: str = DEFAULT_ERRNO
+    kind: str = "errno"
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The channel is closed for the process making the call (syscall level)."""
+
+    kind: str = "close"
+
+
+ActionSpec = Drop | Delay | Error | Corrupt | SetArg | Truncate | Duplicate | Reorder | Disconnect | Errno | Close
+
+DBUS_ONLY_ACTIONS = {"error", "set-arg", "reorder", "disconnect"}
+DATA_ONLY_ACTIONS = {"errno", "close"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +301,8 @@ class Campaign:
     service_dirs: list[str] = field(default_factory=list)  # absolute: searched for .service files first
     system_bus: bool = False  # the private bus activates system services, not session ones
     digest: str = ""
+    traced: bool = False  # the workload runs under `ipcproxy trace` (no bus): its data messages are faulted
+    max_payload: int = 4096  # traced: payload bytes recorded per message
 
     @property
     def base_dir(self) -> str:
@@ -273,14 +365,30 @@ def _str(ctx: _Ctx, container: Any, key: Any) -> str:
     return value
 
 
-_SELECTOR_KEYS = {"type", "sender", "destination", "path", "interface", "member", "error_name", "args", "reply_to"}
+_DBUS_KEYS = {"path", "interface", "member", "error_name", "args", "reply_to"}
+_DATA_KEYS = {"transport", "direction", "syscall", "process", "fd", "channel", "payload", "size"}
+_SELECTOR_KEYS = {"type", "sender", "destination", *_DBUS_KEYS, *_DATA_KEYS}
 _ARG_OPS = {"eq", "ne", "in", "re", "lt", "le", "gt", "ge", "prefix"}
+_SIZE_OPS = {"eq", "ne", "lt", "le", "gt", "ge"}
+_PAYLOAD_OPS = {"re", "contains", "prefix", "hex"}
+_CHANNEL_KEYS = {"kind", "path", "address", "socktype"}
+
+
+def _party(ctx: _Ctx, raw: Any, name: str) -> str:
+    """A sender, destination or process: a name, an executable, a command name, or a pid."""
+    value = raw[name]
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    return _str(ctx, raw, name)
 
 
 def parse_selector(ctx: _Ctx, container: Any, key: Any) -> Selector:
     raw = _mapping(ctx, container, key, container.get(key) if isinstance(container, dict) else None, _SELECTOR_KEYS)
     kwargs: dict[str, Any] = {}
-    for name in ("sender", "destination", "path", "interface", "member", "error_name"):
+    for name in ("sender", "destination"):
+        if name in raw:
+            kwargs[name] = _party(ctx, raw, name)
+    for name in ("path", "interface", "member", "error_name"):
         if name in raw:
             kwargs[name] = _str(ctx, raw, name)
     if "type" in raw:
@@ -303,7 +411,84 @@ def parse_selector(ctx: _Ctx, container: Any, key: Any) -> Selector:
         kwargs["args"] = tuple(sorted(preds, key=lambda p: p[0]))
     if "reply_to" in raw:
         kwargs["reply_to"] = parse_selector(ctx, raw, "reply_to")
+    kwargs.update(_data_selector(ctx, raw))
+    dbus = [k for k in raw if k in _DBUS_KEYS]
+    data = [k for k in raw if k in _DATA_KEYS]
+    mtype = kwargs.get("type")
+    if dbus and (data or mtype is MessageType.DATA):
+        what = f"{data[0]} (a data message's)" if data else "type data"
+        raise ctx.fail(raw, dbus[0], f"{dbus[0]} is about D-Bus messages and cannot be combined with {what}")
+    if data and mtype is not None and mtype is not MessageType.DATA:
+        raise ctx.fail(raw, data[0], f"{data[0]} is about data messages (ipcproxy trace), not type {raw['type']}")
     return Selector(**kwargs)
+
+
+def _data_selector(ctx: _Ctx, raw: Any) -> dict[str, Any]:
+    """The keys of a selector about data messages (syscall level)."""
+    import re
+
+    kwargs: dict[str, Any] = {}
+    if "transport" in raw:
+        if raw["transport"] not in TRANSPORTS:
+            raise ctx.fail(
+                raw,
+                "transport",
+                f"transport must be one of {', '.join(sorted(TRANSPORTS))}, not {said(raw['transport'])}",
+            )
+        kwargs["transport"] = raw["transport"]
+    if "direction" in raw:
+        if raw["direction"] not in DATA_DIRECTIONS:
+            raise ctx.fail(raw, "direction", f"direction must be send or recv, not {said(raw['direction'])}")
+        kwargs["direction"] = raw["direction"]
+    if "syscall" in raw:
+        kwargs["syscall"] = _str(ctx, raw, "syscall")
+    if "process" in raw:
+        kwargs["process"] = _party(ctx, raw, "process")
+    if "fd" in raw:
+        kwargs["fd"] = _int(ctx, raw, "fd")
+    if "channel" in raw:
+        ch = _mapping(ctx, raw, "channel", raw["channel"], _CHANNEL_KEYS)
+        fields = {k: _str(ctx, ch, k) for k in _CHANNEL_KEYS if k in ch}
+        if "kind" in fields and fields["kind"] not in TRANSPORTS:
+            raise ctx.fail(ch, "kind", f"kind must be one of {', '.join(sorted(TRANSPORTS))}, not {said(ch['kind'])}")
+        if "socktype" in fields and fields["socktype"] not in SOCKTYPES:
+            raise ctx.fail(ch, "socktype", f"socktype must be one of {', '.join(sorted(SOCKTYPES))}")
+        kwargs["channel"] = ChannelMatch(**fields)
+    if "payload" in raw:
+        p = raw["payload"]
+        if not isinstance(p, dict) or len(p) != 1 or next(iter(p)) not in _PAYLOAD_OPS:
+            raise ctx.fail(
+                raw, "payload", "payload must be one of {re: R}, {contains: TEXT}, {prefix: TEXT}, {hex: HEX}"
+            )
+        op, value = next(iter(p.items()))
+        if not isinstance(value, str) or not value:
+            raise ctx.fail(p, op, f"payload {op} needs a non-empty string, not {said(value)}")
+        if op == "hex":
+            try:
+                data = bytes.fromhex(value)
+            except ValueError:
+                raise ctx.fail(p, op, f"payload hex is not hexadecimal: {value!r}") from None
+            kwargs["payload"] = PayloadMatch("contains", data)
+        else:
+            data = value.encode()
+            if op == "re":
+                try:
+                    re.compile(data)
+                except re.error as exc:
+                    raise ctx.fail(p, op, f"bad regular expression: {exc}") from None
+            kwargs["payload"] = PayloadMatch(op, data)
+    if "size" in raw:
+        size = raw["size"]
+        if isinstance(size, int) and not isinstance(size, bool):
+            kwargs["size"] = (ArgPredicate("eq", size),)
+        elif isinstance(size, dict) and size and all(k in _SIZE_OPS for k in size):
+            for k, v in size.items():
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ctx.fail(size, k, f"size {k} needs a number of bytes, not {said(v)}")
+            kwargs["size"] = tuple(ArgPredicate(k, v) for k, v in size.items())
+        else:
+            raise ctx.fail(raw, "size", "size must be a number of bytes or {lt|le|gt|ge|eq|ne: N, ...}")
+    return kwargs
 
 
 def _predicate(ctx: _Ctx, container: Any, key: Any, expected: Any) -> ArgPredicate:
@@ -366,10 +551,12 @@ _ACTION_KEYS: dict[str, set[str]] = {
     "error": {"name", "message"},
     "corrupt": {"bits", "arg", "valid"},
     "set-arg": {"index", "value", "boundary", "random"},
-    "truncate": {"bytes", "keep_length"},
+    "truncate": {"bytes", "keep_length", "to", "fraction"},
     "duplicate": {"copies"},
     "reorder": {"after", "max_ms"},
     "disconnect": {"side"},
+    "errno": {"name"},
+    "close": set(),
 }
 
 
@@ -423,7 +610,33 @@ def parse_action(ctx: _Ctx, container: Any, key: Any) -> ActionSpec:
         keep = p.get("keep_length", False)
         if not isinstance(keep, bool):
             raise ctx.fail(p, "keep_length", "keep_length must be true or false")
-        return Truncate(_int(ctx, p, "bytes", 1) if "bytes" in p else 1, keep)
+        given = [k for k in ("bytes", "to", "fraction") if k in p]
+        if len(given) > 1:
+            raise ctx.fail(
+                p, given[1], f"truncate takes one of bytes, to, fraction, not both {given[0]} and {given[1]}"
+            )
+        fraction = None
+        if "fraction" in p:
+            fraction = _num(ctx, p, "fraction")
+            if fraction >= 1:
+                raise ctx.fail(
+                    p, "fraction", f"fraction is the share kept: between 0 and 1 (excluded), not {fraction:g}"
+                )
+        return Truncate(
+            _int(ctx, p, "bytes", 1) if "bytes" in p else 1,
+            keep,
+            to=_int(ctx, p, "to") if "to" in p else None,
+            fraction=fraction,
+        )
+    if kind == "errno":
+        import errno as errnos
+
+        name = _str(ctx, p, "name") if "name" in p else DEFAULT_ERRNO
+        if name not in errnos.errorcode.values():
+            raise ctx.fail(p, "name", f"errno {name!r} is not an errno name (EIO, EPIPE, ECONNRESET, EAGAIN, ...)")
+        return Errno(name)
+    if kind == "close":
+        return Close()
     if kind == "duplicate":
         return Duplicate(_int(ctx, p, "copies", 2) if "copies" in p else 2)
     if kind == "reorder":
@@ -449,14 +662,35 @@ def parse_fault(ctx: _Ctx, container: Any, index: int) -> FaultSpec:
     if "action" not in raw:
         raise ctx.fail(container, index, "fault has no action")
     name = str(raw["name"]) if "name" in raw else str(index)
+    match = parse_selector(ctx, raw, "match")
+    action = parse_action(ctx, raw, "action")
+    check_action_fits(ctx, raw, "action", match, action)
     return FaultSpec(
         name=name,
         index=index,
-        match=parse_selector(ctx, raw, "match"),
+        match=match,
         when=parse_trigger(ctx, raw, "when"),
-        action=parse_action(ctx, raw, "action"),
+        action=action,
         source={"name": name, **{k: plain(v) for k, v in raw.items() if k != "name"}},
     )
+
+
+def check_action_fits(ctx: _Ctx, container: Any, key: Any, match: Selector, action: ActionSpec) -> None:
+    """An action must be one the selected messages can undergo (D-Bus messages or syscall-level data)."""
+    if match.is_data:
+        if action.kind in DBUS_ONLY_ACTIONS:
+            instead = {"error": "errno", "disconnect": "close"}.get(action.kind)
+            hint = f"; use {instead} on data messages" if instead else ""
+            raise ctx.fail(container, key, f"action {action.kind} is about D-Bus messages, not data messages{hint}")
+        if isinstance(action, Corrupt) and (action.arg is not None or not action.valid):
+            raise ctx.fail(container, key, "corrupt on data messages flips payload bits: it takes bits only")
+        if isinstance(action, Truncate) and action.keep_length:
+            raise ctx.fail(container, key, "keep_length is about D-Bus frames; data messages have no length field")
+    elif match.is_dbus and action.kind in DATA_ONLY_ACTIONS:
+        instead = {"errno": "error", "close": "disconnect"}[action.kind]
+        raise ctx.fail(
+            container, key, f"action {action.kind} is about data messages (ipcproxy trace); use {instead} on D-Bus"
+        )
 
 
 def _faults(ctx: _Ctx, doc: Any) -> list[FaultSpec]:
@@ -526,7 +760,10 @@ _CAMPAIGN_KEYS = {
     "env",
     "service_dirs",
     "system_bus",
+    "trace",
+    "max_payload",
 }
+_BUS_ONLY_CAMPAIGN_KEYS = ("setup", "wait_for", "service_dirs", "system_bus")
 
 
 def _str_list(ctx: _Ctx, doc: Any, key: str) -> list[str]:
@@ -564,9 +801,20 @@ def _probe(ctx: _Ctx, container: Any, index: int) -> Probe:
 
 def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
     ctx, doc = _document(path, text, _CAMPAIGN_KEYS)
-    if "workload" not in doc:
-        raise ctx.fail(doc, None, "campaign has no workload")
-    workload = _str(ctx, doc, "workload")
+    traced = "trace" in doc
+    if traced:
+        if "workload" in doc:
+            raise ctx.fail(doc, "workload", "give either workload (on a private bus) or trace (under ipcproxy trace)")
+        for k in _BUS_ONLY_CAMPAIGN_KEYS:
+            if k in doc:
+                raise ctx.fail(doc, k, f"{k} is about the campaign's private bus; a trace campaign has none")
+        workload = _str(ctx, doc, "trace")
+    else:
+        if "workload" not in doc:
+            raise ctx.fail(doc, None, "campaign has no workload (or trace)")
+        if "max_payload" in doc:
+            raise ctx.fail(doc, "max_payload", "max_payload is about trace campaigns (trace: CMD)")
+        workload = _str(ctx, doc, "workload")
     state_raw = doc.get("state") or []
     if not isinstance(state_raw, list):
         raise ctx.fail(doc, "state", "state must be a list of probes")
@@ -579,14 +827,25 @@ def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
         actions = raw.get("actions")
         if not isinstance(actions, list) or not actions:
             raise ctx.fail(raw, "actions", "enumerate needs a non-empty list of actions")
+        enum_match = parse_selector(ctx, raw, "match")
+        if traced and enum_match.is_dbus:
+            raise ctx.fail(raw, "match", "a trace campaign enumerates data messages: the match cannot be about D-Bus")
+        if traced and not enum_match.is_data:
+            enum_match = dataclasses.replace(enum_match, type=MessageType.DATA)
         for i in range(len(actions)):
-            parse_action(ctx, actions, i)
+            check_action_fits(ctx, actions, i, enum_match, parse_action(ctx, actions, i))
         enum_spec = EnumerateSpec(
-            match=parse_selector(ctx, raw, "match"),
+            match=enum_match,
             actions=tuple(plain(a) for a in actions),
             sample=_int(ctx, raw, "sample", 1) if "sample" in raw else None,
         )
     faults = _faults(ctx, doc)
+    if traced:
+        for spec in faults:
+            if spec.match.is_dbus:
+                raise ctx.fail(
+                    doc["faults"], spec.index, "a trace campaign faults data messages: this match is about D-Bus"
+                )
     if not faults and enum_spec is None:
         raise ctx.fail(doc, None, "campaign lists no faults and no enumerate")
     golden = _int(ctx, doc, "golden_runs", 1) if "golden_runs" in doc else 3
@@ -598,6 +857,18 @@ def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
     for d in service_dirs:
         if not os.path.isdir(d):
             raise ctx.fail(doc, "service_dirs", f"service_dirs: {d} is not a directory")
+    state = [_probe(ctx, state_raw, i) for i in range(len(state_raw))]
+    if traced:
+        for i, probe in enumerate(state):
+            if isinstance(probe, ServiceProbe):
+                raise ctx.fail(state_raw, i, "a trace campaign has no bus to probe: use {command: CMD}")
+            if probe.at is not None:
+                raise ctx.fail(state_raw, i, "a trace campaign takes its probes after the workload (no at:)")
+    max_payload = 4096
+    if "max_payload" in doc:
+        max_payload = _int(ctx, doc, "max_payload")
+        if max_payload > 64 << 20:
+            raise ctx.fail(doc, "max_payload", f"max_payload must be at most {64 << 20} bytes")
     return Campaign(
         path=path,
         seed=_int(ctx, doc, "seed") if "seed" in doc else 0,
@@ -606,13 +877,15 @@ def parse_campaign(text: str, path: str = "<campaign>") -> Campaign:
         workload=workload,
         golden_runs=golden,
         timeout_s=_num(ctx, doc, "timeout_s", 0.1) if "timeout_s" in doc else 10.0,
-        state=[_probe(ctx, state_raw, i) for i in range(len(state_raw))],
+        state=state,
         faults=faults,
         enumerate=enum_spec,
         env={k: str(v) for k, v in env.items()},
         service_dirs=service_dirs,
         system_bus=system_bus,
         digest=hashlib.sha256(json.dumps(plain(doc), sort_keys=True, default=str).encode()).hexdigest()[:16],
+        traced=traced,
+        max_payload=max_payload,
     )
 
 

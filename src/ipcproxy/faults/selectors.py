@@ -19,7 +19,7 @@ from typing import Any
 from ..chain import Context
 from ..dbus.wire import jsonable
 from ..model import Direction, Endpoint, Message, MessageType
-from .plan import ArgPredicate, Selector
+from .plan import ArgPredicate, ChannelMatch, PayloadMatch, Selector
 
 _PRIMARY_OWNER, _ALREADY_OWNER = 1, 4
 
@@ -58,9 +58,11 @@ def _realpath(path: str) -> str:
 
 
 def endpoint_matches(value: str, ep: Endpoint, header_name: str | None, extra: Iterable[str] = ()) -> bool:
-    """Whether ``value`` names this party: well-known or unique name, executable, or command name."""
+    """Whether ``value`` names this party: well-known or unique name, executable, command name or pid."""
     if value == header_name or value == ep.bus_name or value in ep.names or value in extra:
         return True
+    if value.isdigit():
+        return ep.pid is not None and ep.pid == int(value)
     if ep.exe and (value == ep.exe or _realpath(value) == ep.exe or _realpath(value) == _realpath(ep.exe)):
         return True
     return value == ep.comm
@@ -122,9 +124,68 @@ def _args_match(sel: Selector, msg: Message) -> bool:
     return all(index < len(args) and predicate_holds(pred, jsonable(args[index])) for index, pred in sel.args)
 
 
+def _channel_matches(want: ChannelMatch, channel: dict[str, Any]) -> bool:
+    if want.kind is not None and channel.get("kind") != want.kind:
+        return False
+    if want.socktype is not None and channel.get("socktype") != want.socktype:
+        return False
+    if want.path is not None and not _text_matches(want.path, channel.get("path")):
+        return False
+    if want.address is not None:
+        return _text_matches(want.address, channel.get("local")) or _text_matches(want.address, channel.get("remote"))
+    return True
+
+
+def _payload_matches(want: PayloadMatch, payload: bytes) -> bool:
+    if want.op == "re":
+        return _payload_re(want.value).search(payload) is not None
+    if want.op == "prefix":
+        return payload.startswith(want.value)
+    return want.value in payload
+
+
+@functools.lru_cache(maxsize=256)
+def _payload_re(pattern: bytes) -> re.Pattern[bytes]:
+    return re.compile(pattern)
+
+
+def data_matches(sel: Selector, ctx: Context) -> bool:
+    """Whether a data message (syscall level: ``ctx.data`` holds its record's fields) is selected.
+
+    The payload tests see the bytes as recorded (the first ``--max-payload`` of them).
+    """
+    data = ctx.data or {}
+    msg = ctx.message
+    if sel.transport is not None and msg.transport != sel.transport:
+        return False
+    if sel.direction is not None and data.get("direction") != sel.direction:
+        return False
+    if sel.syscall is not None and not _text_matches(sel.syscall, msg.member):
+        return False
+    if sel.fd is not None and data.get("fd") != sel.fd:
+        return False
+    if sel.process is not None and not endpoint_matches(sel.process, ctx.client, None):
+        return False
+    if sel.sender is not None and not endpoint_matches(sel.sender, ctx.sender, None):
+        return False
+    if sel.destination is not None and not endpoint_matches(sel.destination, ctx.destination, None):
+        return False
+    if sel.channel is not None and not _channel_matches(sel.channel, ctx.channel or {}):
+        return False
+    if sel.size:
+        size = data.get("size", len(msg.raw))
+        if not all(predicate_holds(p, size) for p in sel.size):
+            return False
+    return sel.payload is None or _payload_matches(sel.payload, msg.raw)
+
+
 def matches(sel: Selector, ctx: Context, owned: OwnedNames) -> bool:
     """Whether the message in ``ctx`` is selected."""
     msg = ctx.message
+    if msg.type is MessageType.DATA:
+        return not sel.is_dbus and data_matches(sel, ctx)
+    if sel.is_data:
+        return False
     if not _header_matches(sel, msg):
         return False
     if sel.sender is not None:
@@ -156,3 +217,18 @@ def _reply_to_matches(sel: Selector, ctx: Context, owned: OwnedNames) -> bool:
         if not endpoint_matches(sel.destination, ep, call.destination, owned.of(ep.bus_name)):
             return False
     return _args_match(sel, call)
+
+
+SEND_SYSCALLS = {"write", "writev", "pwrite64", "pwritev", "pwritev2", "send", "sendto", "sendmsg", "sendmmsg"}
+SEND_SYSCALLS |= {"mq_timedsend", "msgsnd"}
+RECV_SYSCALLS = {"read", "readv", "pread64", "preadv", "preadv2", "recv", "recvfrom", "recvmsg", "recvmmsg"}
+RECV_SYSCALLS |= {"mq_timedreceive", "msgrcv"}
+
+
+def may_select_syscall(sel: Selector, syscall: str) -> bool:
+    """Whether a data message moved by ``syscall`` could match ``sel`` (what the tracer must stop at)."""
+    if sel.is_dbus or syscall not in SEND_SYSCALLS | RECV_SYSCALLS:
+        return False
+    if sel.syscall is not None and not _text_matches(sel.syscall, syscall):
+        return False
+    return sel.direction is None or (syscall in SEND_SYSCALLS) == (sel.direction == "send")
