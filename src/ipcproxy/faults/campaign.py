@@ -43,6 +43,10 @@ def _init_worker(campaign: Campaign) -> None:
 
 def _work(spec: RunSpec) -> dict[str, Any]:
     assert _worker_campaign is not None
+    if _worker_campaign.traced:
+        from . import trace_harness
+
+        return trace_harness.execute(_worker_campaign, spec).to_json()
     return execute(_worker_campaign, spec).to_json()
 
 
@@ -234,10 +238,14 @@ class Runner:
         return done
 
     def verdict(self, envelope: Envelope, spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
-        canon = canonical(iter_trace(spec.trace_path))
+        if result.get("error") and not os.path.exists(spec.trace_path):
+            canon = Canon([], {}, [], None, None, 0)  # the run failed before its trace was opened
+        else:
+            canon = canonical(iter_trace(spec.trace_path))
         v = classify(envelope, canon, result)
         if result.get("error"):
             v.outcome, v.detail = "error", f"the run itself failed: {result['error']}"
+            v.propagation, v.deviations = [], []
         return {
             "run": spec.run,
             "fault": spec.fault,

@@ -63,11 +63,23 @@ class Sent:
         return self.args
 
     def describe(self) -> str:
+        if self.type == "data":
+            return self._describe_data()
         what = self.member or self.error_name or ""
         if self.reply_to:
             what = f"reply to {self.reply_to[1]}" + (f" ({self.error_name})" if self.error_name else "")
         to = self.destination or "*"
         return f"{self.type} {self.sender} -> {to} {self.interface or ''} {what}".replace("  ", " ").strip()
+
+    def _describe_data(self) -> str:
+        size, payload = (self.args + [0, ""])[:2]
+        try:
+            shown = bytes.fromhex(str(payload))
+        except ValueError:
+            shown = b""
+        preview = repr(shown[:24].decode("utf-8", "replace")) + ("..." if len(shown) > 24 else "")
+        to = self.destination or "*"
+        return f"{self.interface} {self.member} {self.path}: {self.sender} -> {to} {size} B {preview}"
 
 
 @dataclass(slots=True)
@@ -82,6 +94,7 @@ class Canon:
     last_seq: int
     pids: dict[int, str] = field(default_factory=dict)  # process id -> component
     exes: dict[str, str] = field(default_factory=dict)  # component -> executable
+    exits: list[tuple[int, str, str]] = field(default_factory=list)  # traced processes: (seq, component, status)
 
     def sent_by(self, component: str) -> list[Sent]:
         return [m for m in self.messages if m.sender == component and not m.injected]
@@ -121,7 +134,115 @@ def normalize(value: Any, labels: dict[str, str]) -> Any:
 
 
 def canonical(records: Iterable[dict[str, Any]]) -> Canon:
-    recs = list(records)
+    everything = list(records)
+    recs = [r for r in everything if r.get("type") != "data"]
+    canon = _canonical_dbus(recs)
+    if len(recs) < len(everything):
+        _add_data(canon, everything)
+    return canon
+
+
+def _channel_label(r: dict[str, Any]) -> str:
+    channel = r.get("channel") or {}
+    kind = channel.get("kind") or r.get("transport") or "?"
+    return f"{kind}:{channel['path']}" if channel.get("path") else str(kind)
+
+
+def _add_data(canon: Canon, recs: list[dict[str, Any]]) -> None:
+    """The data messages of a syscall-level trace, as what each process sent (docs/faults.md).
+
+    A process is named by the executable it ended with (a shell that forks and
+    execs ``head`` is ``head``); chunking of reads varies from run to run, so a
+    message is a send, and each receive adds its process to the receivers of
+    the sends it consumed. A receive no traced send accounts for is a message
+    of its own when its sender (a peer outside the tree) is named.
+    """
+    final: dict[int, str] = {}
+    for r in recs:
+        if r.get("type") == "event" and r.get("event") == "exit" and r.get("pid") and r.get("exe"):
+            final[r["pid"]] = r["exe"]
+        elif r.get("type") == "data":
+            for side in ("sender", "destination"):
+                ep = r.get(side) or {}
+                if ep.get("pid") and ep.get("exe") and ep["pid"] not in final:
+                    final[ep["pid"]] = ep["exe"]
+
+    def label(ep: dict[str, Any] | None) -> str | None:
+        if not ep:
+            return None
+        pid = ep.get("pid")
+        if pid is None:
+            return None
+        return final.get(pid) or ep.get("exe") or ep.get("comm") or f"pid {pid}"
+
+    by_seq: dict[int, Sent] = {}
+    added: list[Sent] = []
+    for r in recs:
+        seq = r.get("seq", 0)
+        if r.get("type") == "event":
+            if r.get("event") == "exit" and r.get("pid"):
+                canon.exits.append((seq, label({"pid": r["pid"], "exe": r.get("exe")}) or "?", str(r.get("status"))))
+            continue
+        if r.get("type") != "data":
+            continue
+        verdict = r.get("verdict")
+        vdict = verdict if isinstance(verdict, dict) else {}
+        fault = vdict if "fault" in vdict else None
+        fate = vdict.get("action", "forwarded") if vdict else str(verdict or "forwarded")
+        send = r.get("direction") == "send"
+        caller = r.get("sender") if send else r.get("destination")
+        if send:
+            msg = _data_sent(r, label(caller) or "?", label(r.get("destination")), fate, fault)
+            by_seq[seq] = msg
+            added.append(msg)
+            continue
+        receiver = label(caller)
+        linked = [by_seq[s] for s in r.get("consumed") or [] if isinstance(s, int) and s in by_seq]
+        for m in linked:
+            if receiver and fate not in ("dropped", "denied", "error_reply", "disconnected"):
+                m.receivers.add(receiver)
+        if linked and fault is not None:
+            first = linked[0]
+            if first.fault is None:  # the fault acted on the receive; the sender sent what it sent
+                first.fault = {k: v for k, v in fault.items() if k != "original_args"}
+                first.fate = fate
+            continue
+        if linked:
+            continue
+        sender = label(r.get("sender"))
+        if sender is None and fault is None:
+            continue  # bytes from nobody known (outside the tree): not a component's behaviour
+        msg = _data_sent(r, sender or "?", receiver, fate, fault)
+        if receiver and fate not in ("dropped", "denied", "error_reply", "disconnected"):
+            msg.receivers.add(receiver)
+        added.append(msg)
+    canon.messages = sorted([*canon.messages, *added], key=lambda m: m.seq)
+    canon.last_seq = max([canon.last_seq, *(r.get("seq", 0) for r in recs)])
+    canon.pids.update(final)
+    for exe in final.values():
+        canon.exes.setdefault(exe, exe)
+
+
+def _data_sent(r: dict[str, Any], sender: str, destination: str | None, fate: str, fault: Any) -> Sent:
+    return Sent(
+        seq=r.get("seq", 0),
+        sender=sender,
+        sender_unique=None,
+        destination=destination,
+        type="data",
+        path=f"fd {r.get('fd')}",
+        interface=_channel_label(r),
+        member=r.get("syscall"),
+        error_name=None,
+        signature="",
+        args=[r.get("size", 0), r.get("payload", "")],
+        fate=fate,
+        fault=fault,
+        copies=int(fault.get("copies", 1)) if fault and fate == "duplicated" else 1,
+    )
+
+
+def _canonical_dbus(recs: list[dict[str, Any]]) -> Canon:
     # who is who: every name a unique name was seen with, and which unique name each connection has
     names: dict[str, set[str]] = {}
     conn_unique: dict[int, str] = {}

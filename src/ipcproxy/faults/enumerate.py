@@ -16,6 +16,7 @@ from typing import Any
 
 from ..chain import Context
 from ..model import BUS_DRIVER_NAME, Endpoint, MessageType
+from ..syscall.intercept import data_context, is_data_record
 from .offline import replay, system_records
 from .plan import EnumerateSpec, FaultSpec, Selector, _Ctx, fault_from_dict, parse_selector
 from .selectors import OwnedNames, matches
@@ -57,8 +58,50 @@ def _key(sel: dict[str, Any]) -> str:
     return repr(sorted(sel.items()))
 
 
+def data_selector_for(ctx: Context) -> dict[str, Any]:
+    """The plan-form selector naming a data message by what stays the same from run to run.
+
+    The process making the call by its executable, the call, its fd and the
+    channel's path (inodes and ephemeral ports change); a receive also by the
+    writer it read from. A send's receiver is left out: it is whoever held
+    the other end at that moment, which can still be the shell about to exec it.
+    """
+    data = ctx.data or {}
+    sel: dict[str, Any] = {"type": "data", "transport": ctx.message.transport}
+    for key in ("direction", "syscall", "fd"):
+        if data.get(key) is not None:
+            sel[key] = data[key]
+    if ctx.client.exe:
+        sel["process"] = ctx.client.exe
+    if data.get("direction") == "recv" and ctx.sender.exe and ctx.sender.pid is not None:
+        sel["sender"] = ctx.sender.exe
+    path = (ctx.channel or {}).get("path")
+    if path:
+        sel["channel"] = {"path": path}
+    return sel
+
+
+def data_candidates(records: Iterable[dict[str, Any]], match: Selector) -> list[tuple[dict[str, Any], int, int]]:
+    """(selector, nth, seq) for every data message ``match`` selects, counted as the injector counts:
+    once per call, in the order of the trace."""
+    ctxs = [data_context(r) for r in records if is_data_record(r)]
+    owned = OwnedNames()
+    chosen = [(data_selector_for(c), c.seq) for c in ctxs if matches(match, c, owned)]
+    selectors = {_key(sel): parse_selector(_Ctx("<enumerate>"), {"match": sel}, "match") for sel, _ in chosen}
+    running = dict.fromkeys(selectors, 0)
+    nth_at: dict[tuple[str, int], int] = {}
+    for c in ctxs:
+        for key, sel_obj in selectors.items():
+            if matches(sel_obj, c, owned):
+                running[key] += 1
+                nth_at[(key, c.seq)] = running[key]
+    return [(sel, nth_at[(_key(sel), seq)], seq) for sel, seq in chosen]
+
+
 def candidates(records: Iterable[dict[str, Any]], match: Selector) -> list[tuple[dict[str, Any], int, int]]:
     """(selector, nth, seq) for every message that ``match`` selects where the injector decides."""
+    if match.is_data:
+        return data_candidates(records, match)
     recs = list(system_records(records))
     owned = OwnedNames()
     chosen: list[tuple[dict[str, Any], int]] = []
@@ -102,9 +145,15 @@ def enumerate_faults(
     for sel, nth, _seq in found:
         for action in spec.actions:
             kind = next(iter(action))
-            what = sel.get("member") or (sel.get("reply_to") or {}).get("member", "") or sel.get("error_name", "")
-            route = f"{_short(sel.get('sender'))}->{_short(sel.get('destination'))}"
-            label = f"{kind} {sel['type']} {what} {route} #{nth}"
+            if sel["type"] == "data":
+                if kind == "duplicate" and sel.get("direction") == "recv":
+                    continue  # only a send can be performed twice
+                fd = f" fd {sel['fd']}" if "fd" in sel else ""
+                label = f"{kind} {sel.get('syscall', '')} {_short(sel.get('process'))}{fd} #{nth}"
+            else:
+                what = sel.get("member") or (sel.get("reply_to") or {}).get("member", "") or sel.get("error_name", "")
+                route = f"{_short(sel.get('sender'))}->{_short(sel.get('destination'))}"
+                label = f"{kind} {sel['type']} {what} {route} #{nth}"
             data = {"name": label, "match": sel, "when": {"nth": nth}, "action": action}
             faults.append(fault_from_dict(data, first_index + len(faults)))
     return faults

@@ -2,10 +2,12 @@
 
 Outcomes, most severe first, so each run gets exactly one:
   not-activated     the fault's selector and trigger never fired
-  crash             a component process died (a service exited, or the workload was killed by a signal)
+  crash             a component process died (a service exited, a traced process or the workload was killed
+                    by a signal)
   hang              the workload overran its time limit, or a probe got no answer
   state-corruption  the probed state differs from every golden run
-  handled           the workload saw an error (exit status or an error reply) and exited by itself
+  handled           the workload saw an error (exit status or an error reply) and exited by itself, or a traced
+                    process exited with a failure status it never had in the golden runs
   behaviour-shift   messages missing, added or reordered beyond the envelope, or different output
   no-effect         trace, output and state all within the envelope
 """
@@ -74,6 +76,30 @@ def _died(env: Envelope, canon: Canon, result: dict[str, Any]) -> dict[str, int]
     return died
 
 
+def _exits(env: Envelope, canon: Canon) -> tuple[dict[str, int], dict[str, str]]:
+    """Traced processes (syscall-level runs) that ended otherwise than in every golden run.
+
+    Returns those killed by a signal no golden run saw them die of (seq of
+    their exit), and those that exited with a failure status the golden runs
+    never gave them (the status, with the golden ones).
+    """
+    golden: dict[str, set[str]] = {}
+    for g in env.goldens:
+        for _seq, comp, status in g.exits:
+            golden.setdefault(comp, set()).add(status)
+    killed: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    for seq, comp, status in canon.exits:
+        if status in golden.get(comp, set()):
+            continue
+        if status.startswith("SIG"):
+            killed.setdefault(comp, seq)
+        elif status != "0":
+            before = ", ".join(sorted(golden.get(comp, set()))) or "not run"
+            failed.setdefault(comp, f"{status} (golden: {before})")
+    return killed, failed
+
+
 def _first_divergence(canon: Canon, devs: list[Deviation]) -> int | None:
     """The first message of the faulty trace that departs from the envelope (the fault's own excluded)."""
     seqs = [d.seq for d in devs if d.seq is not None]
@@ -98,9 +124,19 @@ def classify(env: Envelope, canon: Canon, result: dict[str, Any]) -> Verdict:
     ]
     devs = deviations(env, canon)
     died = _died(env, canon, result)
+    killed, exit_failures = _exits(env, canon)
+    died.update(killed)
+    exit_seqs = {comp: seq for seq, comp, _status in canon.exits}
+    errored = {comp: exit_seqs.get(comp, canon.last_seq) for comp in exit_failures}
     sdiff = state_diff(env, result.get("state") or {})
     out = Verdict(
-        "no-effect", "", propagation(canon, devs, died), _first_divergence(canon, devs), sdiff, devs, injected
+        "no-effect",
+        "",
+        propagation(canon, devs, {**errored, **died}),
+        _first_divergence(canon, devs),
+        sdiff,
+        devs,
+        injected,
     )
     status = result.get("exit_status")
     workload = workload_components(env, canon)
@@ -129,6 +165,11 @@ def classify(env: Envelope, canon: Canon, result: dict[str, Any]) -> Verdict:
         elif new_errors:
             out.outcome = "handled"
             out.detail = f"the workload got {', '.join(sorted(new_errors))} and exited with status {status}"
+        elif exit_failures:
+            out.outcome = "handled"
+            out.detail = "exited with a failure status: " + "; ".join(
+                f"{c} {s}" for c, s in sorted(exit_failures.items())
+            )
         elif devs:
             out.outcome, out.detail = "behaviour-shift", _summary(devs)
         elif result.get("stdout", "") not in env.stdouts:
