@@ -193,6 +193,7 @@ def _add_data(canon: Canon, recs: list[dict[str, Any]]) -> None:
         caller = r.get("sender") if send else r.get("destination")
         if send:
             msg = _data_sent(r, label(caller) or "?", label(r.get("destination")), fate, fault)
+            msg.injected = fate == "injected"  # a copy the tracer sent (duplicate), not the process's own
             by_seq[seq] = msg
             added.append(msg)
             continue

@@ -15,14 +15,14 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..chain import Context
 from ..model import BUS_DRIVER_NAME, Action, Direction, MessageType, Verdict
 from . import actions, data_actions
 from .plan import DATA_ONLY_ACTIONS, FaultPlan, FaultSpec, PlanError, load_plan
-from .selectors import OwnedNames, matches, may_select_syscall
+from .selectors import OwnedNames, matches
 from .triggers import TriggerState
 
 MEMORY = 65536  # decisions remembered, for messages still on their way to receivers
@@ -97,12 +97,6 @@ class FaultInjector:
         if decision is None:
             return None
         return self._verdict(decision, ctx, "at the syscall")
-
-    def syscalls(self, known: Iterable[str]) -> set[str]:
-        """The syscalls (of ``known``) whose data messages some fault may select, or whose messages open
-        a fault's gate: the only calls the tracer needs to ask about."""
-        selectors = [a.spec.match for a in self.armed] + [a.spec.when.after for a in self.armed if a.spec.when.after]
-        return {name for name in known for sel in selectors if may_select_syscall(sel, name)}
 
     def _keep_order(self, ctx: Context, verdict: Verdict | None) -> Verdict | None:
         """A delayed message holds back the ones after it on its connection, as a slow link would.

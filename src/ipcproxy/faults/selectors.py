@@ -218,17 +218,3 @@ def _reply_to_matches(sel: Selector, ctx: Context, owned: OwnedNames) -> bool:
             return False
     return _args_match(sel, call)
 
-
-SEND_SYSCALLS = {"write", "writev", "pwrite64", "pwritev", "pwritev2", "send", "sendto", "sendmsg", "sendmmsg"}
-SEND_SYSCALLS |= {"mq_timedsend", "msgsnd"}
-RECV_SYSCALLS = {"read", "readv", "pread64", "preadv", "preadv2", "recv", "recvfrom", "recvmsg", "recvmmsg"}
-RECV_SYSCALLS |= {"mq_timedreceive", "msgrcv"}
-
-
-def may_select_syscall(sel: Selector, syscall: str) -> bool:
-    """Whether a data message moved by ``syscall`` could match ``sel`` (what the tracer must stop at)."""
-    if sel.is_dbus or syscall not in SEND_SYSCALLS | RECV_SYSCALLS:
-        return False
-    if sel.syscall is not None and not _text_matches(sel.syscall, syscall):
-        return False
-    return sel.direction is None or (syscall in SEND_SYSCALLS) == (sel.direction == "send")
