@@ -76,28 +76,40 @@ def _died(env: Envelope, canon: Canon, result: dict[str, Any]) -> dict[str, int]
     return died
 
 
-def _exits(env: Envelope, canon: Canon) -> tuple[dict[str, int], dict[str, str]]:
-    """Traced processes (syscall-level runs) that ended otherwise than in every golden run.
+@dataclass(slots=True)
+class _Ended:
+    """How traced processes (syscall-level runs) ended otherwise than in every golden run."""
 
-    Returns those killed by a signal no golden run saw them die of (seq of
-    their exit), and those that exited with a failure status the golden runs
-    never gave them (the status, with the golden ones).
+    killed: dict[str, int] = field(default_factory=dict)  # by a signal no golden run saw: seq of the exit
+    failed: dict[str, str] = field(default_factory=dict)  # with a failure status new to it: "1 (golden: 0)"
+    other: dict[str, int] = field(default_factory=dict)  # otherwise (SIGPIPE): seq of the exit
+
+
+def _exits(env: Envelope, canon: Canon, timed_out: bool) -> _Ended:
+    """Traced processes that ended otherwise than in every golden run.
+
+    SIGPIPE is how a writer ends once its reader has gone (``head`` read what
+    it wanted): a consequence to follow, not a crash. Past the time limit the
+    programs are ended with SIGKILL by the tracer: that is the hang, not a crash.
     """
     golden: dict[str, set[str]] = {}
     for g in env.goldens:
         for _seq, comp, status in g.exits:
             golden.setdefault(comp, set()).add(status)
-    killed: dict[str, int] = {}
-    failed: dict[str, str] = {}
+    out = _Ended()
     for seq, comp, status in canon.exits:
         if status in golden.get(comp, set()):
             continue
-        if status.startswith("SIG"):
-            killed.setdefault(comp, seq)
+        if timed_out and status == "SIGKILL":
+            continue
+        if status == "SIGPIPE":
+            out.other.setdefault(comp, seq)
+        elif status.startswith("SIG"):
+            out.killed.setdefault(comp, seq)
         elif status != "0":
             before = ", ".join(sorted(golden.get(comp, set()))) or "not run"
-            failed.setdefault(comp, f"{status} (golden: {before})")
-    return killed, failed
+            out.failed.setdefault(comp, f"{status} (golden: {before})")
+    return out
 
 
 def _first_divergence(canon: Canon, devs: list[Deviation]) -> int | None:
@@ -124,10 +136,11 @@ def classify(env: Envelope, canon: Canon, result: dict[str, Any]) -> Verdict:
     ]
     devs = deviations(env, canon)
     died = _died(env, canon, result)
-    killed, exit_failures = _exits(env, canon)
-    died.update(killed)
+    ended = _exits(env, canon, bool(result.get("timed_out")))
+    exit_failures = ended.failed
+    died.update(ended.killed)
     exit_seqs = {comp: seq for seq, comp, _status in canon.exits}
-    errored = {comp: exit_seqs.get(comp, canon.last_seq) for comp in exit_failures}
+    errored = {comp: exit_seqs.get(comp, canon.last_seq) for comp in exit_failures} | ended.other
     sdiff = state_diff(env, result.get("state") or {})
     out = Verdict(
         "no-effect",
