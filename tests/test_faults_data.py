@@ -357,3 +357,33 @@ def test_the_diff_command_on_syscall_traces(tmp_path: Path) -> None:
         [*IPCPROXY, "diff", str(a), str(FIXTURES / "syscall-pipeline-2.jsonl")], capture_output=True, text=True
     )
     assert same.returncode == 0, same.stdout
+
+
+# ---------------------------------------------------------------- classification of recorded faulty runs
+
+CAMPAIGN_DIR = FIXTURES / "trace-campaign"  # a real trace campaign (campaign.yaml) on the pipeline, as written
+
+
+def recorded_run(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    result = json.loads((CAMPAIGN_DIR / f"{name}.result.json").read_text())
+    return list(iter_trace(str(CAMPAIGN_DIR / f"{name}.jsonl"))), result
+
+
+def test_recorded_faulty_runs_of_a_pipeline_are_classified() -> None:
+    golden = [recorded_run(f"golden-{k}") for k in (1, 2, 3)]
+    env = learn([canonical(records) for records, _ in golden], [result for _, result in golden])
+    verdicts = {
+        k: classify(env, canonical(recorded_run(f"run-{k}")[0]), recorded_run(f"run-{k}")[1]) for k in range(1, 5)
+    }
+    # 1: seq's write failed with EIO: seq exited 1, sort and head got nothing
+    assert verdicts[1].outcome == "handled" and "/usr/bin/seq 1 (golden: 0)" in verdicts[1].detail
+    assert verdicts[1].propagation[0] == "/usr/bin/sort"
+    # 2: seq's write duplicated: head printed 1 1 2 and left, sort then died of SIGPIPE: no crash
+    assert "SIGPIPE" in {status for _seq, _comp, status in canonical(recorded_run("run-2")[0]).exits}
+    assert verdicts[2].outcome == "behaviour-shift"
+    assert verdicts[2].propagation == ["/usr/bin/sort", "/usr/bin/head"]
+    # 3: sort read half: the same three lines out, but sort sent other bytes
+    assert verdicts[3].outcome == "behaviour-shift" and verdicts[3].propagation == ["/usr/bin/sort"]
+    # 4: head's read held past the time limit: the tracer killed the programs; a hang, not a crash
+    assert verdicts[4].outcome == "hang"
+    assert all(v.injected for v in verdicts.values())
