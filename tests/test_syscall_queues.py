@@ -201,12 +201,13 @@ def test_mq_a_receive_is_held_while_a_send_is_in_flight(table: ChannelTable) -> 
 
 
 def test_sysv_receives_are_attributed_by_type(table: ChannelTable) -> None:
-    feed(table, ev(10, "msgget", (0x1234, 0o1600), 65538, length=0))
+    feed(table, ev(10, "msgget", (0x1234, 0o1600), 65538, length=0), fork(10, 11))
     two, one, three = feed(
         table, msgsnd(11, 65538, 2, b"two"), msgsnd(11, 65538, 1, b"one"), msgsnd(11, 65538, 3, b"3")
     )
     assert two.channel.to_json() == {"kind": "sysv-msg", "key": 0x1234, "msqid": 65538}
     assert two.fd is None and two.mtype == 2
+    assert two.destination.pid == 10  # the one other process that knows the queue (11 got it from 10)
     got = feed(
         table,
         msgrcv(10, 65538, 1, 1, b"one"),  # type 1
@@ -222,6 +223,16 @@ def test_sysv_receives_are_attributed_by_type(table: ChannelTable) -> None:
 def test_sysv_a_queue_found_by_id_alone_gets_its_key_from_the_system(table: ChannelTable) -> None:
     (sent,) = feed(table, msgsnd(11, 77, 1, b"x"))
     assert sent.channel.to_json() == {"kind": "sysv-msg", "key": 0x1234, "msqid": 77}
+    assert sent.destination.pid is None  # nobody else known to use it
+
+
+def test_sysv_a_send_names_no_destination_when_several_could_receive(table: ChannelTable) -> None:
+    feed(table, ev(10, "msgget", (1, 0), 5, length=0), fork(10, 11), fork(10, 12))
+    (sent,) = feed(table, msgsnd(11, 5, 1, b"x"))
+    assert sent.destination.pid is None
+    feed(table, Event(events.EXIT, 12, 12, ts=clock.tick()))
+    (sent,) = feed(table, msgsnd(11, 5, 1, b"y"))
+    assert sent.destination.pid == 10
 
 
 def test_sysv_older_messages_and_removed_queues(table: ChannelTable) -> None:

@@ -95,6 +95,7 @@ def test_sysv_queue_of_perl_ipc_msg(tmp_path: Path) -> None:
     assert [seqs[r["consumed"][0]]["mtype"] for r in recvs] == [1, 2, 3]
     child, parent = sends[0]["sender"]["pid"], recvs[0]["destination"]["pid"]
     assert child != parent
+    assert all(s["destination"]["pid"] == parent for s in sends)  # the one other process that knows the queue
     for r in recvs:
         assert r["sender"]["pid"] == child and r["sender"]["comm"] == "perl" and "fd" in r and r["fd"] is None
         channel = r["channel"]

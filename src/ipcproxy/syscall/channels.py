@@ -203,6 +203,7 @@ class ChannelTable:
         self.opaque: list[Opaque] = []  # uses of opaque channels, taken by the caller after each feed
         self.mappers: dict[Key, dict[int, Endpoint]] = {}  # a shared-memory object -> who mapped it
         self.segments: dict[int, tuple[int, int]] = {}  # SysV shmid -> (key, size), from shmget
+        self.sysv_users: dict[int, set[int]] = {}  # msqid -> processes that got it (msgget, fork) or used it
 
     # ---------------------------------------------------------------- events in, transfers out
     def feed(self, ev: Event) -> list[Transfer]:
@@ -239,6 +240,9 @@ class ChannelTable:
                 mine = self.fds.setdefault(child, {})
                 for fd, entry in self.fds.get(ev.pid, {}).items():
                     mine.setdefault(fd, _Fd(entry.key, entry.read, entry.write, entry.cloexec))
+                for users in self.sysv_users.values():  # it knows the SysV queues its parent knew
+                    if ev.pid in users:
+                        users.add(child)
             return []
         if kind == events.EXEC:
             table = self.fds.get(ev.pid, {})
@@ -257,6 +261,8 @@ class ChannelTable:
             if ev.tid == ev.pid:
                 self.fds.pop(ev.pid, None)
                 self.endpoints.pop(ev.pid, None)
+                for users in self.sysv_users.values():
+                    users.discard(ev.pid)
             return released
         return []
 
@@ -639,10 +645,12 @@ class ChannelTable:
         elif name == "msgget":
             key = (SYSV_DEV, ev.ret)
             self.channels[key] = Channel("sysv-msg", SYSV_DEV, ev.ret, ipc_key=_key_t(ev.args[0]))
+            self.sysv_users.setdefault(ev.ret, set()).add(ev.pid)
             self._reconcile(key, ev.length)
         elif name == "msgctl" and ev.args[1] & 0xFF == IPC_RMID:
             self.channels.pop((SYSV_DEV, ev.args[0]), None)
             self.queues.pop((SYSV_DEV, ev.args[0]), None)
+            self.sysv_users.pop(ev.args[0], None)
         return []
 
     def _reconcile(self, key: Key, held: int) -> None:
@@ -664,6 +672,7 @@ class ChannelTable:
     def _queue_channel(self, ev: Event) -> tuple[Channel, Key] | None:
         if ev.name in ("msgsnd", "msgrcv"):
             key = (SYSV_DEV, ev.args[0])
+            self.sysv_users.setdefault(ev.args[0], set()).add(ev.pid)
             channel = self.channels.get(key)
             if channel is None:
                 channel = self.channels[key] = Channel(
@@ -720,6 +729,9 @@ class ChannelTable:
         transfer, key = made
         if transfer.channel.kind == "mq":
             transfer.destination = self._one_endpoint(self._holders(key, True, ev.pid))
+        else:  # the one other process that knows the queue, if there is one
+            others = [pid for pid in self.sysv_users.get(ev.args[0], ()) if pid != ev.pid]
+            transfer.destination = self._one_endpoint(others)
         queue = self._queue(key, False)
         queue.messages = True
         queued = _Queued(transfer, transfer.size)
