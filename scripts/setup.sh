@@ -2,8 +2,8 @@
 # Installs everything ipcproxy and its tests need; idempotent and quick when all is there.
 #   system packages (apt-get): buses, real services and clients, tshark, a C compiler and Python's headers
 #   (the compiled data plane, the benchmark's load generators), socat and a 32-bit cross compiler (the
-#   syscall tracer's tests: a socket server and client, a 32-bit program the filter must let run), fio (its
-#   io_uring engine, an opaque channel), an aarch64 cross compiler (the tracer's aarch64 syscall table),
+#   syscall tracer's tests: a socket server and client, a 32-bit program the filter must let run), fio and pv
+#   (io_uring and splice: opaque channels), an aarch64 cross compiler (the tracer's aarch64 syscall table),
 #   Chromium and its WebDriver (the HTML report's browser tests)
 #   Python packages: into .venv, from pyproject.toml (pinned)
 set -euo pipefail
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(dbus-daemon dbus-bin dbus-broker systemd xdg-dbus-proxy tshark python3-dbusmock python3-gi
           libglib2.0-bin libsystemd-dev libdbus-1-dev pkg-config gcc python3-dev util-linux strace procps apparmor
           socat gcc-i686-linux-gnu libc6-dev-i386-cross dconf-service dconf-cli polkitd
-          fio gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium chromium-driver)
+          fio pv gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium chromium-driver)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

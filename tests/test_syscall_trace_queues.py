@@ -2,8 +2,8 @@
 
 SysV queues through perl's core IPC::Msg, POSIX queues through the posix_ipc
 package, shared memory through Python's multiprocessing.shared_memory and
-perl's IPC::SharedMem, sendfile through Python's socket.sendfile, io_uring
-through fio. Each runs in a process of its own under the tracer.
+perl's shmread/shmwrite, sendfile through Python's socket.sendfile, splice
+through pv, io_uring through fio. Each runs in a process of its own under the tracer.
 """
 
 from __future__ import annotations
@@ -239,6 +239,26 @@ def test_socket_sendfile_shows_as_opaque_and_its_bytes_as_unknown(tmp_path: Path
     head, rest = data(records, transport="unix", direction="recv")
     (sent,) = data(records, transport="unix", direction="send")
     assert head["consumed"] == [sent["seq"]] and rest["consumed"] == ["unknown"]
+
+
+@traced
+def test_pv_splicing_between_two_pipes_shows_as_opaque(tmp_path: Path) -> None:
+    if shutil.which("pv") is None:
+        pytest.skip("pv is not installed (scripts/setup.sh installs it)")
+    proc, records = run_trace(["--", "sh", "-c", "seq 10000 | pv -q | wc -c"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    total = int(proc.stdout)
+    uses = opaque(records, "splice")
+    assert uses and all(u["syscall"] == "splice" and u["process"]["comm"] == "pv" for u in uses)
+    assert sum(u["size"] for u in uses) == total
+    written = [r for r in data(records, direction="send") if r["sender"].get("comm") == "seq"]
+    read = [r for r in data(records, direction="recv") if r["destination"].get("comm") == "wc"]
+    assert sum(r["size"] for r in written) == sum(r["size"] for r in read) == total
+    for u in uses:  # from seq's pipe into wc's
+        assert u["from"]["kind"] == u["to"]["kind"] == "pipe"
+        assert u["from"]["inode"] == written[0]["channel"]["inode"] and u["to"]["inode"] == read[0]["channel"]["inode"]
+        assert [p.get("comm") for p in u["processes"]] == ["pv", "wc"]  # the caller, and the reader of its output
+    assert {c for r in read for c in r["consumed"]} == {"unknown"}  # no traced write put those bytes there
 
 
 @traced
