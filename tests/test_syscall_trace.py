@@ -108,6 +108,39 @@ def test_max_payload_cuts_the_payload_not_the_size(tmp_path: Path) -> None:
     assert write["size"] == 292 and write["payload"] == b"1\n2\n3\n4\n".hex() and write["truncated"] is True
 
 
+def test_an_fd_number_reused_for_a_pipe_is_recorded_and_files_are_not(tmp_path: Path) -> None:
+    # fd numbers move between files and pipes (close then pipe, dup2 onto them): what an fd is
+    # must follow, or a pipe on a number once used by a file would go unrecorded
+    script = textwrap.dedent(
+        """
+        import os
+        f = os.open("/etc/passwd", os.O_RDONLY)
+        os.read(f, 64)
+        os.close(f)
+        r, w = os.pipe()  # r takes f's number
+        assert r == f
+        os.write(w, b"through-a-pipe")
+        assert os.read(r, 100) == b"through-a-pipe"
+        g = os.open("/etc/passwd", os.O_RDONLY)
+        os.dup2(g, w)  # w is a file now
+        os.read(w, 10)
+        r2, w2 = os.pipe()
+        os.dup2(w2, g)  # g, a file until now, is a pipe's write end
+        os.write(g, b"after-dup2")
+        assert os.read(r2, 100) == b"after-dup2"
+        """
+    )
+    proc, records = run_trace(["--", sys.executable, "-c", script], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sent = {bytes.fromhex(r["payload"]): r for r in data(records, direction="send")}
+    received = {bytes.fromhex(r["payload"]): r for r in data(records, direction="recv")}
+    for payload in (b"through-a-pipe", b"after-dup2"):
+        assert sent[payload]["transport"] == "pipe"
+        assert received[payload]["consumed"] == [sent[payload]["seq"]]
+    assert all(r["transport"] == "pipe" for r in data(records))
+    assert not [r for r in data(records) if b"root:" in bytes.fromhex(r["payload"])]  # file reads are not IPC
+
+
 def test_show_and_stats_print_data_records(tmp_path: Path) -> None:
     proc, _ = run_trace(["--", "sh", "-c", "echo hello | cat > /dev/null"], tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -3,12 +3,22 @@
  * Why compiled: every traced IPC syscall costs two ptrace stops (the seccomp stop at entry,
  * the syscall-exit stop; seccomp runs after the entry report, so resuming with PTRACE_SYSCALL
  * from the seccomp stop goes straight to the exit), and a Python loop around them was
- * several times slower than strace. Here one call (``Tracer.wait``) services every stop that is ready,
- * without the GIL, and hands Python a batch of compact binary events: one per IPC syscall
- * (or per message of sendmmsg/recvmmsg), read at syscall exit when the result is known,
- * with the fd's inode and up to ``max_payload`` bytes of payload copied out of the tracee
- * with process_vm_readv. Decoding, channels, attribution and records are Python's job
- * (``ipcproxy.syscall.events``); this file makes no decision about what to record.
+ * several times slower than strace. Here a thread of its own (the loop thread, which is the
+ * tracer in the kernel's eyes: it forks or attaches, and makes every ptrace call) services each
+ * stop and resumes the tracee at once, without the GIL, appending compact binary events to a
+ * buffer: one per IPC syscall (or per message of sendmmsg/recvmmsg), read at syscall exit when
+ * the result is known, with the fd's inode and up to ``max_payload`` bytes of payload copied out
+ * of the tracee with process_vm_readv. ``Tracer.wait`` hands Python what has accumulated, so
+ * Python decodes and records in parallel while the programs run on; a program waits for Python
+ * only when it lags by more than PENDING_LIMIT bytes (nothing is dropped). Decoding, channels,
+ * attribution and records are Python's job (``ipcproxy.syscall.events``); this file makes no
+ * decision about what to record.
+ *
+ * What each fd of a process is (inode, device, mode) is cached per process and forgotten when the
+ * fd may change (close, dup2/dup3 onto it, a new fd from pipe/socket/accept/dup/fcntl/SCM_RIGHTS,
+ * exec): a read or write then costs no /proc lookup. A data call on an fd that is not a pipe, FIFO
+ * or socket (a file, a terminal) costs one stop: it is resumed at its seccomp stop, unreported.
+ * ``close`` too is reported at its seccomp stop (its result does not matter to the channel table).
  *
  * The child installs a seccomp filter before exec: only the IPC syscalls (SYSCALLS below)
  * return SECCOMP_RET_TRACE, everything else runs without stopping, and syscalls of a
@@ -49,6 +59,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
 
 #if defined(__x86_64__)
 #define NATIVE_ARCH AUDIT_ARCH_X86_64
@@ -69,7 +83,11 @@
 
 #define FLAG_FAILED_READ 1 /* the payload could not be read (the tracee's memory went away) */
 
-#define BATCH_LIMIT (1u << 20)
+#define PUBLISH_EVERY (256u << 10) /* the loop thread hands its events over at least this often */
+#define WAKE_AT (1u << 20)         /* Python is woken at once when this much waits for it */
+#define PENDING_LIMIT (64u << 20)  /* beyond this the loop thread waits for Python (lossless) */
+#define LINGER_NS 2000000          /* wait() lets a small batch grow this long: fewer, bigger batches */
+#define MAX_CACHED_FD 65536
 #define MAX_IOV 1024
 #define MAX_CONTROL 4096
 #define MAX_ADDR 128
@@ -210,9 +228,26 @@ typedef struct {
 
 /* ------------------------------------------------------------------ tracees */
 
+typedef struct {
+    uint64_t ino, dev;
+    uint32_t mode;
+    uint32_t known;
+} FdFacts;
+
+/* A thread group: its threads share one fd table, so one cache of what its fds are. */
+typedef struct Proc {
+    pid_t tgid;
+    int threads;
+    int nocache; /* it may share its fd table with another process (clone with CLONE_FILES) */
+    int nfds;
+    FdFacts *fds;
+    struct Proc *next;
+} Proc;
+
 typedef struct Tracee {
     pid_t tid;
     pid_t tgid;
+    Proc *proc;
     int in_syscall; /* between its seccomp stop and its exit stop */
     int64_t nr;
     int64_t args[6];
@@ -223,23 +258,52 @@ typedef struct Tracee {
 #define TABLE 4096
 #define SEEN 65536 /* socket inodes described so far (forgotten when the set fills) */
 
+enum { CMD_DETACH = 1 };
+enum { START_NONE, START_SPAWN, START_ATTACH };
+
+/* The stop loop's state. Fields above ``mu`` belong to the loop thread alone; the rest is shared. */
 typedef struct {
-    PyObject_HEAD
     Tracee *table[TABLE];
     size_t count;
     unsigned max_payload;
-    int record;
     int every_syscall; /* attached to a running process: no filter, so every syscall stops it */
     int detaching;     /* detach_all(): each tracee is let go at its next stop */
-    pid_t main_pid;
-    int main_status; /* -1 until the main child ends */
-    char *buf;
+    char *buf;         /* events not handed over yet */
     size_t len, cap;
     unsigned char *scratch; /* payload staging, max_payload bytes */
     struct iovec *iov;      /* the tracee's iovecs */
     uint64_t *seen;
     size_t seen_count;
     int diag; /* NETLINK_SOCK_DIAG socket */
+    /* the start request (spawn/attach), filled by the Python thread before the loop thread starts */
+    int start_kind;
+    char *start_path;
+    char **start_argv, **start_envp;
+    pid_t start_pid;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cond;   /* start result; room again after backpressure */
+    Proc *procs[TABLE];    /* written by the loop thread under mu (kill_all reads it) */
+    char *out;             /* events handed over, waiting for wait() */
+    size_t out_len, out_cap;
+    char *spare;           /* a taken buffer, reused */
+    size_t spare_cap;
+    uint64_t out_since;    /* when ``out`` last became non-empty */
+    int nomem;             /* an event could not be kept: wait() raises MemoryError */
+    int py_waiting;        /* wait() sleeps on efd */
+    int efd;               /* eventfd: the loop thread wakes wait() */
+    int start_state;       /* 0: starting, 1: started, -1: failed (start_errno, start_file) */
+    int start_errno;
+    char start_file[64];
+    int finished;          /* the loop thread is done: no tracee left */
+    int orphaned;          /* the Python object is gone: events are discarded */
+    int refs;              /* the Python object and the loop thread */
+    pid_t loop_tid;
+    atomic_int commands;
+    atomic_int record;
+    atomic_int main_status; /* -1 until the main child ends */
+    atomic_int tracees;
+    pid_t main_pid;
 } Tracer;
 
 static uint64_t now_ns(void) {
@@ -275,14 +339,47 @@ static Tracee *find(Tracer *t, pid_t tid) {
     return NULL;
 }
 
+static Proc *proc_of(Tracer *t, pid_t tgid) {
+    for (Proc *p = t->procs[(unsigned)tgid % TABLE]; p; p = p->next)
+        if (p->tgid == tgid) return p;
+    Proc *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->tgid = tgid;
+    pthread_mutex_lock(&t->mu);
+    p->next = t->procs[(unsigned)tgid % TABLE];
+    t->procs[(unsigned)tgid % TABLE] = p;
+    pthread_mutex_unlock(&t->mu);
+    return p;
+}
+
+static void proc_release(Tracer *t, Proc *proc) {
+    if (!proc || --proc->threads > 0) return;
+    pthread_mutex_lock(&t->mu);
+    for (Proc **p = &t->procs[(unsigned)proc->tgid % TABLE]; *p; p = &(*p)->next)
+        if (*p == proc) {
+            *p = proc->next;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+    free(proc->fds);
+    free(proc);
+}
+
 static Tracee *add(Tracer *t, pid_t tid) {
     Tracee *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->tid = tid;
     e->tgid = read_tgid(tid);
+    e->proc = proc_of(t, e->tgid);
+    if (!e->proc) {
+        free(e);
+        return NULL;
+    }
+    e->proc->threads++;
     e->next = t->table[(unsigned)tid % TABLE];
     t->table[(unsigned)tid % TABLE] = e;
     t->count++;
+    atomic_store(&t->tracees, (int)t->count);
     return e;
 }
 
@@ -292,11 +389,58 @@ static void drop(Tracer *t, pid_t tid) {
         if ((*p)->tid == tid) {
             Tracee *e = *p;
             *p = e->next;
+            proc_release(t, e->proc);
             free(e);
             t->count--;
+            atomic_store(&t->tracees, (int)t->count);
             return;
         }
 }
+
+/* ------------------------------------------------------------------ what an fd is */
+
+/* inode, device and mode of a process's fd: from the cache, else from /proc (then cached). 0: not open. */
+static int fd_facts(Tracee *e, int fd, uint64_t *ino, uint64_t *dev, uint32_t *mode) {
+    Proc *p = e->proc;
+    if (fd < 0) return 0;
+    if (p && fd < p->nfds && p->fds[fd].known) {
+        *ino = p->fds[fd].ino;
+        *dev = p->fds[fd].dev;
+        *mode = p->fds[fd].mode;
+        return 1;
+    }
+    char path[64];
+    struct stat st;
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", e->tid, fd);
+    if (stat(path, &st) != 0) return 0;
+    *ino = st.st_ino;
+    *dev = st.st_dev;
+    *mode = st.st_mode;
+    if (p && !p->nocache && fd < MAX_CACHED_FD) {
+        if (fd >= p->nfds) {
+            int n = p->nfds ? p->nfds : 64;
+            while (n <= fd) n *= 2;
+            FdFacts *grown = realloc(p->fds, (size_t)n * sizeof *grown);
+            if (!grown) return 1;
+            memset(grown + p->nfds, 0, (size_t)(n - p->nfds) * sizeof *grown);
+            p->fds = grown;
+            p->nfds = n;
+        }
+        p->fds[fd] = (FdFacts){st.st_ino, st.st_dev, st.st_mode, 1};
+    }
+    return 1;
+}
+
+static void fd_forget(Proc *p, int64_t fd) {
+    if (p && fd >= 0 && fd < p->nfds) p->fds[fd].known = 0;
+}
+
+static void fd_forget_range(Proc *p, uint64_t first, uint64_t last) {
+    if (!p) return;
+    for (uint64_t fd = first; fd <= last && fd < (uint64_t)p->nfds; fd++) p->fds[fd].known = 0;
+}
+
+static int is_channel(uint32_t mode) { return S_ISFIFO(mode) || S_ISSOCK(mode); }
 
 /* ------------------------------------------------------------------ the batch */
 
@@ -326,18 +470,6 @@ static Event *simple_event(Tracer *t, int kind, Tracee *e, pid_t tid) {
     ev->ts = now_ns();
     ev->fds[0] = ev->fds[1] = -1;
     return ev;
-}
-
-static void stat_fd(pid_t tid, int fd, uint64_t *ino, uint64_t *dev, uint32_t *mode) {
-    char path[64];
-    struct stat st;
-    if (fd < 0) return;
-    snprintf(path, sizeof path, "/proc/%d/fd/%d", tid, fd);
-    if (stat(path, &st) == 0) {
-        *ino = st.st_ino;
-        *dev = st.st_dev;
-        *mode = st.st_mode;
-    }
 }
 
 static int seen_add(Tracer *t, uint64_t ino) {
@@ -460,7 +592,8 @@ static size_t gather(Tracer *t, pid_t tid, const struct iovec *remote, size_t co
     return (size_t)got;
 }
 
-static int count_rights(pid_t tid, uint64_t control, size_t controllen) {
+/* File descriptors passed with SCM_RIGHTS; received ones (``proc``) are new fds of that process. */
+static int count_rights(pid_t tid, uint64_t control, size_t controllen, Proc *proc) {
     unsigned char cbuf[MAX_CONTROL];
     if (!control || !controllen) return 0;
     if (controllen > MAX_CONTROL) controllen = MAX_CONTROL;
@@ -471,8 +604,15 @@ static int count_rights(pid_t tid, uint64_t control, size_t controllen) {
     m.msg_controllen = (size_t)got;
     int fds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(0))
-            fds += (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(0)) {
+            int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; proc && i < n && (unsigned char *)CMSG_DATA(c) + (i + 1) * sizeof(int) <= cbuf + got; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                fd_forget(proc, fd);
+            }
+            fds += n;
+        }
     return fds;
 }
 
@@ -482,7 +622,7 @@ static int emit_data(Tracer *t, Tracee *e, int64_t ret, unsigned index, const st
     int failed = 0;
     uint64_t ino = 0, dev = 0;
     uint32_t mode = 0;
-    stat_fd(e->tid, (int)e->args[0], &ino, &dev, &mode);
+    fd_facts(e, (int)e->args[0], &ino, &dev, &mode);
     SockFacts facts, *sock = NULL;
     if (ret >= 0 && S_ISSOCK(mode) && !seen_add(t, ino) && describe_socket(t, e->tgid, (int)e->args[0], ino, &facts))
         sock = &facts;
@@ -534,7 +674,9 @@ static int emit_msghdr(Tracer *t, Tracee *e, int64_t ret, unsigned index, uint64
         ssize_t got = peek(e->tid, addr, (uint64_t)(uintptr_t)m.msg_name, want);
         addr_len = got > 0 ? (size_t)got : 0;
     }
-    int nfds = count_rights(e->tid, (uint64_t)(uintptr_t)m.msg_control, m.msg_controllen);
+    const Syscall *sc = lookup_syscall(e->nr);
+    int nfds = count_rights(e->tid, (uint64_t)(uintptr_t)m.msg_control, m.msg_controllen,
+                            sc && !sc->writes && ret >= 0 ? e->proc : NULL);
     return emit_data(t, e, ret, index, t->iov, n, length, addr, addr_len, nfds);
 }
 
@@ -736,17 +878,20 @@ static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
         if (peek(e->tid, pair, at, sizeof pair) == (ssize_t)sizeof pair)
             for (int i = 0; i < 2; i++) {
                 fds[i] = pair[i];
-                stat_fd(e->tid, pair[i], &ino[i], &dev[i], &mode[i]);
+                fd_forget(e->proc, pair[i]);
+                fd_facts(e, pair[i], &ino[i], &dev[i], &mode[i]);
             }
     } else if (ret >= 0 && sc->shape == S_NEWFD) {
         if (e->nr != SYS_fcntl || a[1] == F_DUPFD || a[1] == F_DUPFD_CLOEXEC) {
             fds[0] = (int)ret;
-            stat_fd(e->tid, (int)ret, &ino[0], &dev[0], &mode[0]);
+            fd_forget(e->proc, ret); /* a new fd, or dup2/dup3's target: what it was is gone */
+            fd_facts(e, (int)ret, &ino[0], &dev[0], &mode[0]);
         }
     } else if (ret >= 0 && sc->shape == S_ADDR) {
         fds[0] = (int)a[0];
-        stat_fd(e->tid, (int)a[0], &ino[0], &dev[0], &mode[0]);
+        fd_facts(e, (int)a[0], &ino[0], &dev[0], &mode[0]);
     }
+    if (e->nr == SYS_close_range && ret >= 0) fd_forget_range(e->proc, (uint64_t)a[0], (uint64_t)(uint32_t)a[1]);
     int fresh = e->nr == SYS_bind || e->nr == SYS_connect || e->nr == SYS_accept4
 #ifdef SYS_accept
                 || e->nr == SYS_accept
@@ -778,6 +923,39 @@ static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ strings */
+
+static void free_strings(char **v) {
+    if (!v) return;
+    for (char **p = v; *p; p++) free(*p);
+    free(v);
+}
+
+static char **strings(PyObject *seq, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        char *data;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(item, &data, &len) < 0 || !(v[i] = strdup(data))) {
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            free_strings(v);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    return v;
+}
+
 /* ------------------------------------------------------------------ stops */
 
 static void resume(Tracer *t, Tracee *e, int sig) {
@@ -789,14 +967,55 @@ static void resume(Tracer *t, Tracee *e, int sig) {
     ptrace(t->every_syscall || e->in_syscall ? PTRACE_SYSCALL : PTRACE_CONT, e->tid, 0, (void *)(intptr_t)sig);
 }
 
+static int data_call(const Syscall *sc) {
+    return sc->shape == S_BUF || sc->shape == S_IOV || sc->shape == S_MSG || sc->shape == S_MMSG;
+}
+
+/* An IPC syscall entered (its seccomp stop, or the entry stop of an attached process): e->nr, e->args
+ * are set. Decides whether its exit is worth a stop. Returns -1 when out of memory. */
+static int entered(Tracer *t, Tracee *e) {
+    const Syscall *sc = lookup_syscall(e->nr);
+    e->ts_entry = now_ns();
+    e->in_syscall = 0;
+    if (!sc) return 0;
+    uint64_t ino = 0, dev = 0;
+    uint32_t mode = 0;
+    if (data_call(sc) && fd_facts(e, (int)e->args[0], &ino, &dev, &mode) && !is_channel(mode))
+        return 0; /* a file, a terminal, ...: nothing a channel carries */
+    if (e->nr == SYS_close) {
+        int fd = (int)e->args[0];
+        Proc *p = e->proc;
+        int known_other = p && fd >= 0 && fd < p->nfds && p->fds[fd].known && !is_channel(p->fds[fd].mode);
+        fd_forget(p, fd);
+        if (known_other) return 0;
+        Event *ev = simple_event(t, EV_SYSCALL, e, e->tid);
+        if (!ev) return -1;
+        ev->ts = e->ts_entry;
+        ev->ts_entry = e->ts_entry;
+        ev->nr = e->nr;
+        memcpy(ev->args, e->args, sizeof ev->args);
+        return 0;
+    }
+    e->in_syscall = 1;
+    if (sc->writes) {
+        Event *ev = simple_event(t, EV_ENTRY, e, e->tid);
+        if (!ev) return -1;
+        ev->ts = e->ts_entry;
+        ev->nr = e->nr;
+        memcpy(ev->args, e->args, sizeof ev->args);
+    }
+    return 0;
+}
+
 /* Handles one wait status; returns -1 when out of memory. */
 static int handle(Tracer *t, pid_t tid, int status) {
     Tracee *e = find(t, tid);
+    int record = atomic_load_explicit(&t->record, memory_order_relaxed);
     if (WIFEXITED(status) || WIFSIGNALED(status)) {
         Event *ev = simple_event(t, EV_EXIT, e, tid);
         if (!ev) return -1;
         ev->ret = status;
-        if (tid == t->main_pid) t->main_status = status;
+        if (tid == t->main_pid) atomic_store(&t->main_status, status);
         if (e) drop(t, tid);
         return 0;
     }
@@ -809,47 +1028,28 @@ static int handle(Tracer *t, pid_t tid, int status) {
         long got = ptrace(PTRACE_GET_SYSCALL_INFO, tid, (void *)sizeof info, &info);
         if (got > 0 && info.op == PTRACE_SYSCALL_INFO_EXIT && e->in_syscall) {
             e->in_syscall = 0;
-            if (t->record && emit_exit(t, e, info.exit.rval) < 0) return -1;
-        } else if (got > 0 && info.op == PTRACE_SYSCALL_INFO_ENTRY && t->every_syscall && t->record) {
+            if (record && emit_exit(t, e, info.exit.rval) < 0) return -1;
+        } else if (got > 0 && info.op == PTRACE_SYSCALL_INFO_ENTRY && t->every_syscall && record) {
             /* attached without a filter: the entry stop plays the seccomp stop's part */
-            const Syscall *sc = lookup_syscall((int64_t)info.entry.nr);
-            if (sc) {
-                e->in_syscall = 1;
-                e->nr = (int64_t)info.entry.nr;
-                for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.entry.args[i];
-                e->ts_entry = now_ns();
-                if (sc->writes) {
-                    Event *ev = simple_event(t, EV_ENTRY, e, tid);
-                    if (!ev) return -1;
-                    ev->ts = e->ts_entry;
-                    ev->nr = e->nr;
-                    memcpy(ev->args, e->args, sizeof ev->args);
-                }
-            }
+            e->nr = (int64_t)info.entry.nr;
+            for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.entry.args[i];
+            if (entered(t, e) < 0) return -1;
         }
         resume(t, e, 0);
         return 0;
     }
     if (sig == SIGTRAP && event == PTRACE_EVENT_SECCOMP) {
-        if (!t->record) { /* the call runs as if untraced */
+        if (!record) { /* the call runs as if untraced */
             e->in_syscall = 0;
             resume(t, e, 0);
             return 0;
         }
         long got = ptrace(PTRACE_GET_SYSCALL_INFO, tid, (void *)sizeof info, &info);
+        e->in_syscall = 0;
         if (got > 0 && info.op == PTRACE_SYSCALL_INFO_SECCOMP) {
-            e->in_syscall = 1;
             e->nr = (int64_t)info.seccomp.nr;
             for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.seccomp.args[i];
-            e->ts_entry = now_ns();
-            const Syscall *sc = lookup_syscall(e->nr);
-            if (sc && sc->writes) {
-                Event *ev = simple_event(t, EV_ENTRY, e, tid);
-                if (!ev) return -1;
-                ev->ts = e->ts_entry;
-                ev->nr = e->nr;
-                memcpy(ev->args, e->args, sizeof ev->args);
-            }
+            if (entered(t, e) < 0) return -1;
         }
         resume(t, e, 0);
         return 0;
@@ -862,6 +1062,14 @@ static int handle(Tracer *t, pid_t tid, int status) {
         ev->nr = event;
         ev->args[0] = (int64_t)child;
         ev->args[1] = (int64_t)read_tgid((pid_t)child);
+        if (event == PTRACE_EVENT_CLONE && ev->args[1] != e->tgid) {
+            /* a process made by clone() may share its fd table with its parent: neither caches it */
+            Proc *other = proc_of(t, (pid_t)ev->args[1]);
+            if (!other) return -1;
+            other->nocache = 1; /* its Tracee, added at its first stop, holds it */
+            e->proc->nocache = 1;
+            fd_forget_range(e->proc, 0, UINT64_MAX);
+        }
         resume(t, e, 0);
         return 0;
     }
@@ -878,6 +1086,7 @@ static int handle(Tracer *t, pid_t tid, int status) {
                 drop(t, (pid_t)former);
             }
         }
+        fd_forget_range(e->proc, 0, UINT64_MAX); /* its close-on-exec fds are closed */
         /* who it is now, read while it is stopped: it may be gone before Python asks */
         char path[64], exe[4096], comm[64];
         struct stat st;
@@ -925,45 +1134,114 @@ static int handle(Tracer *t, pid_t tid, int status) {
     return 0;
 }
 
-/* ------------------------------------------------------------------ Python API */
+/* ------------------------------------------------------------------ the loop thread */
 
-static int Tracer_init(Tracer *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"max_payload", NULL};
-    unsigned max_payload = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|I", kwlist, &max_payload)) return -1;
-    if (max_payload > (64u << 20)) {
-        PyErr_SetString(PyExc_ValueError, "max_payload is at most 64 MiB");
-        return -1;
-    }
-    self->max_payload = max_payload;
-    self->record = 1;
-    self->main_pid = -1;
-    self->main_status = -1;
-    free(self->scratch);
-    free(self->iov);
-    free(self->seen);
-    if (self->diag > 0) close(self->diag);
-    self->scratch = malloc(max_payload ? max_payload : 1);
-    self->iov = malloc(MAX_IOV * sizeof(struct iovec));
-    self->seen = calloc(SEEN, sizeof *self->seen);
-    self->seen_count = 0;
-    self->diag = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (!self->scratch || !self->iov || !self->seen) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
+static int sigwake(void) { return SIGRTMIN + 3; } /* interrupts the loop thread's waitpid for a command */
+
+static void on_wake(int sig) { (void)sig; }
+
+static void tracer_free(Tracer *t) {
+    for (size_t i = 0; i < TABLE; i++)
+        while (t->table[i]) drop(t, t->table[i]->tid);
+    for (size_t i = 0; i < TABLE; i++)
+        while (t->procs[i]) {
+            Proc *p = t->procs[i];
+            t->procs[i] = p->next;
+            free(p->fds);
+            free(p);
+        }
+    free(t->buf);
+    free(t->out);
+    free(t->spare);
+    free(t->scratch);
+    free(t->iov);
+    free(t->seen);
+    free(t->start_path);
+    free_strings(t->start_argv);
+    free_strings(t->start_envp);
+    if (t->diag >= 0) close(t->diag);
+    if (t->efd >= 0) close(t->efd);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cond);
+    free(t);
 }
 
-static void Tracer_dealloc(Tracer *self) {
-    for (size_t i = 0; i < TABLE; i++)
-        while (self->table[i]) drop(self, self->table[i]->tid);
-    free(self->buf);
-    free(self->scratch);
-    free(self->iov);
-    free(self->seen);
-    if (self->diag > 0) close(self->diag);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+static void tracer_unref(Tracer *t) {
+    pthread_mutex_lock(&t->mu);
+    int left = --t->refs;
+    pthread_mutex_unlock(&t->mu);
+    if (!left) tracer_free(t);
+}
+
+static void wake_python(Tracer *t) {
+    uint64_t one = 1;
+    if (write(t->efd, &one, sizeof one) < 0) { /* the counter is saturated: wait() is awake anyway */
+    }
+}
+
+/* Hands the loop thread's events over to wait(); waits while Python lags by PENDING_LIMIT. */
+static void publish(Tracer *t) {
+    if (!t->len) return;
+    int wake = 0;
+    pthread_mutex_lock(&t->mu);
+    while (!t->orphaned && t->out_len >= PENDING_LIMIT) pthread_cond_wait(&t->cond, &t->mu);
+    if (!t->orphaned) {
+        if (t->out_len + t->len > t->out_cap) {
+            size_t cap = t->out_cap ? t->out_cap : 1u << 16;
+            while (cap < t->out_len + t->len) cap *= 2;
+            char *grown = realloc(t->out, cap);
+            if (!grown) {
+                t->nomem = 1;
+                atomic_store(&t->record, 0);
+                pthread_mutex_unlock(&t->mu);
+                t->len = 0;
+                wake_python(t);
+                return;
+            }
+            t->out = grown;
+            t->out_cap = cap;
+        }
+        memcpy(t->out + t->out_len, t->buf, t->len);
+        if (!t->out_len) {
+            t->out_since = now_ns();
+            wake = t->py_waiting;
+        }
+        t->out_len += t->len;
+        if (t->out_len >= WAKE_AT && t->py_waiting) wake = 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    t->len = 0;
+    if (wake) wake_python(t);
+}
+
+static void run_commands(Tracer *t) {
+    int cmd = atomic_exchange(&t->commands, 0);
+    if (cmd & CMD_DETACH) {
+        t->detaching = 1;
+        for (size_t i = 0; i < TABLE; i++)
+            for (Tracee *e = t->table[i]; e; e = e->next) ptrace(PTRACE_INTERRUPT, e->tid, 0, 0);
+    }
+}
+
+/* Services every stop until no tracee is left. */
+static void run(Tracer *t) {
+    for (;;) {
+        run_commands(t);
+        int status;
+        pid_t tid = waitpid(-1, &status, __WALL | __WNOTHREAD);
+        if (tid < 0) {
+            if (errno == EINTR) continue;
+            break; /* ECHILD: nothing left to trace */
+        }
+        if (handle(t, tid, status) < 0) {
+            pthread_mutex_lock(&t->mu);
+            t->nomem = 1;
+            pthread_mutex_unlock(&t->mu);
+            atomic_store(&t->record, 0); /* keep servicing the stops: the programs must not hang */
+        }
+        publish(t);
+    }
+    publish(t);
 }
 
 static int arg_filtered(int nr) {
@@ -1028,61 +1306,23 @@ static int install_filter(void) {
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog);
 }
 
-static void free_strings(char **v) {
-    if (!v) return;
-    for (char **p = v; *p; p++) free(*p);
-    free(v);
-}
-
-static char **strings(PyObject *seq, const char *what) {
-    PyObject *fast = PySequence_Fast(seq, what);
-    if (!fast) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    char **v = calloc((size_t)n + 1, sizeof *v);
-    if (!v) {
-        Py_DECREF(fast);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
-        char *data;
-        Py_ssize_t len;
-        if (PyBytes_AsStringAndSize(item, &data, &len) < 0 || !(v[i] = strdup(data))) {
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            free_strings(v);
-            Py_DECREF(fast);
-            return NULL;
-        }
-    }
-    Py_DECREF(fast);
-    return v;
-}
-
-/* spawn(path, argv, env) -> pid: fork, attach before the child installs its filter, exec. */
-static PyObject *Tracer_spawn(Tracer *self, PyObject *args) {
-    PyObject *path_obj, *argv_obj, *env_obj;
-    if (self->main_pid > 0) {
-        PyErr_SetString(PyExc_RuntimeError, "this tracer already runs a command");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "O&OO", PyUnicode_FSConverter, &path_obj, &argv_obj, &env_obj)) return NULL;
-    char **argv = strings(argv_obj, "argv must be a sequence of bytes");
-    char **envp = argv ? strings(env_obj, "env must be a sequence of bytes") : NULL;
+/* fork, attach before the child installs its filter, exec. Returns 0, or -1 with errno. */
+static int do_spawn(Tracer *t) {
     int sync[2] = {-1, -1};
-    if (!argv || !envp || pipe2(sync, O_CLOEXEC) != 0) {
-        if (!PyErr_Occurred()) PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
-    }
+    if (pipe2(sync, O_CLOEXEC) != 0) return -1;
     pid_t pid = fork();
     if (pid < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
+        int err = errno;
+        close(sync[0]);
+        close(sync[1]);
+        errno = err;
+        return -1;
     }
     if (pid == 0) {
         char go = 0;
         sigset_t all;
         sigemptyset(&all);
+        signal(sigwake(), SIG_DFL);
         sigprocmask(SIG_SETMASK, &all, NULL);
         signal(SIGPIPE, SIG_DFL); /* Python ignores these; the command must not inherit that */
         signal(SIGXFSZ, SIG_DFL);
@@ -1092,168 +1332,456 @@ static PyObject *Tracer_spawn(Tracer *self, PyObject *args) {
             dprintf(2, "ipcproxy: cannot install the seccomp filter: %s\n", strerror(errno));
             _exit(127);
         }
-        execve(PyBytes_AS_STRING(path_obj), argv, envp);
-        dprintf(2, "ipcproxy: cannot run %s: %s\n", argv[0], strerror(errno));
+        execve(t->start_path, t->start_argv, t->start_envp);
+        dprintf(2, "ipcproxy: cannot run %s: %s\n", t->start_argv[0] ? t->start_argv[0] : t->start_path,
+                strerror(errno));
         _exit(127);
     }
     close(sync[0]);
-    sync[0] = -1;
     long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE |
                 PTRACE_O_TRACEEXEC | PTRACE_O_TRACEEXIT | PTRACE_O_TRACESECCOMP;
     if (ptrace(PTRACE_SEIZE, pid, 0, (void *)opts) != 0) {
         int err = errno;
         kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+        close(sync[1]);
+        waitpid(pid, NULL, __WALL);
         errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
+        return -1;
     }
     char go = 1;
     if (write(sync[1], &go, 1) != 1) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        int err = errno;
         kill(pid, SIGKILL);
-        goto fail;
+        close(sync[1]);
+        waitpid(pid, NULL, __WALL);
+        errno = err;
+        return -1;
     }
     close(sync[1]);
-    self->main_pid = pid;
-    if (!add(self, pid)) {
-        PyErr_NoMemory();
-        return NULL;
+    t->main_pid = pid;
+    if (!add(t, pid)) {
+        errno = ENOMEM;
+        return -1;
     }
-    free_strings(argv);
-    free_strings(envp);
-    Py_DECREF(path_obj);
-    return PyLong_FromLong(pid);
-fail:
-    if (sync[0] >= 0) close(sync[0]);
-    if (sync[1] >= 0) close(sync[1]);
-    free_strings(argv);
-    free_strings(envp);
-    Py_DECREF(path_obj);
-    return NULL;
+    t->start_pid = pid;
+    return 0;
 }
 
-/* wait() -> bytes | None: services stops until at least one event is ready and no stop waits
- * (or a batch is full); None when no tracee is left. Returns early (maybe with b"") when a
- * signal arrives, after running Python's handlers. */
-static PyObject *Tracer_wait(Tracer *self, PyObject *unused) {
-    int done = 0, interrupted = 0, nomem = 0;
-    self->len = 0;
-    Py_BEGIN_ALLOW_THREADS
-    int block = 1;
-    while (self->len < BATCH_LIMIT) {
-        int status;
-        pid_t tid = waitpid(-1, &status, __WALL | (block ? 0 : WNOHANG));
-        if (tid == 0) {
-            if (self->len) break;
-            block = 1; /* only stops without events so far: wait for more */
-            continue;
-        }
-        if (tid < 0) {
-            if (errno == EINTR)
-                interrupted = 1;
-            else if (errno == ECHILD)
-                done = 1;
-            break;
-        }
-        block = 0;
-        if (handle(self, tid, status) < 0) {
-            nomem = 1;
-            break;
-        }
-    }
-    Py_END_ALLOW_THREADS
-    if (nomem) return PyErr_NoMemory();
-    if (interrupted && PyErr_CheckSignals() < 0) return NULL;
-    if (done && !self->len) Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize(self->buf, (Py_ssize_t)self->len);
-}
-
-/* attach(pid): trace a running process (each of its threads) and the children it starts from now on.
- * It has no filter and cannot get one: every syscall stops it, and only the IPC ones are reported. */
-static PyObject *Tracer_attach(Tracer *self, PyObject *args) {
-    int pid;
-    if (!PyArg_ParseTuple(args, "i", &pid)) return NULL;
-    if (self->main_pid > 0) {
-        PyErr_SetString(PyExc_RuntimeError, "this tracer already traces a command");
-        return NULL;
-    }
+/* Trace a running process (each of its threads) and the children it starts from now on. It has no
+ * filter and cannot get one: every syscall stops it, and only the IPC ones are reported. */
+static int do_attach(Tracer *t) {
+    pid_t pid = t->start_pid;
     long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE |
                 PTRACE_O_TRACEEXEC | PTRACE_O_TRACEEXIT;
-    self->every_syscall = 1;
+    t->every_syscall = 1;
     int added = 1;
     for (int round = 0; added && round < 100; round++) { /* again, for threads started meanwhile */
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/task", pid);
         DIR *dir = opendir(path);
         if (!dir) {
-            if (round == 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+            if (round == 0) {
+                snprintf(t->start_file, sizeof t->start_file, "%s", path);
+                return -1;
+            }
             break;
         }
         added = 0;
         struct dirent *d;
         while ((d = readdir(dir))) {
             pid_t tid = (pid_t)atoi(d->d_name);
-            if (tid <= 0 || find(self, tid)) continue;
+            if (tid <= 0 || find(t, tid)) continue;
             if (ptrace(PTRACE_SEIZE, tid, 0, (void *)opts) != 0) {
                 if (errno == ESRCH) continue; /* a thread that ended meanwhile */
                 int err = errno;
                 closedir(dir);
                 errno = err;
-                return PyErr_SetFromErrno(PyExc_OSError);
+                return -1;
             }
-            Tracee *e = add(self, tid);
-            if (!e) {
+            if (!add(t, tid)) {
                 closedir(dir);
-                return PyErr_NoMemory();
+                errno = ENOMEM;
+                return -1;
             }
             ptrace(PTRACE_INTERRUPT, tid, 0, 0); /* a stop, from which it resumes stopping at syscalls */
             added = 1;
         }
         closedir(dir);
     }
-    self->main_pid = pid;
-    return PyLong_FromLong(pid);
+    t->main_pid = pid;
+    return 0;
+}
+
+static void *loop_main(void *arg) {
+    Tracer *t = arg;
+    sigset_t mask;
+    sigfillset(&mask);
+    sigdelset(&mask, sigwake());
+    pthread_sigmask(SIG_SETMASK, &mask, NULL); /* signals are the Python thread's */
+    t->loop_tid = (pid_t)syscall(SYS_gettid);
+    int ok = (t->start_kind == START_SPAWN ? do_spawn(t) : do_attach(t)) == 0;
+    int err = errno;
+    if (!ok && t->start_kind == START_ATTACH) /* let go of the threads attached before the failure */
+        for (size_t i = 0; i < TABLE; i++)
+            for (Tracee *e = t->table[i]; e; e = e->next) ptrace(PTRACE_DETACH, e->tid, 0, 0);
+    pthread_mutex_lock(&t->mu);
+    t->start_state = ok ? 1 : -1;
+    t->start_errno = err;
+    pthread_cond_broadcast(&t->cond);
+    pthread_mutex_unlock(&t->mu);
+    if (ok) run(t);
+    pthread_mutex_lock(&t->mu);
+    t->finished = 1;
+    pthread_mutex_unlock(&t->mu);
+    wake_python(t);
+    tracer_unref(t);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ Python API */
+
+typedef struct {
+    PyObject_HEAD
+    Tracer *t;
+} TracerObject;
+
+static Tracer *tracer_new(unsigned max_payload) {
+    Tracer *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cond, NULL);
+    t->refs = 1;
+    t->max_payload = max_payload;
+    t->main_pid = -1;
+    atomic_init(&t->record, 1);
+    atomic_init(&t->main_status, -1);
+    atomic_init(&t->commands, 0);
+    atomic_init(&t->tracees, 0);
+    t->scratch = malloc(max_payload ? max_payload : 1);
+    t->iov = malloc(MAX_IOV * sizeof(struct iovec));
+    t->seen = calloc(SEEN, sizeof *t->seen);
+    t->diag = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    t->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!t->scratch || !t->iov || !t->seen || t->efd < 0) {
+        tracer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static int Tracer_init(TracerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"max_payload", NULL};
+    unsigned max_payload = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|I", kwlist, &max_payload)) return -1;
+    if (max_payload > (64u << 20)) {
+        PyErr_SetString(PyExc_ValueError, "max_payload is at most 64 MiB");
+        return -1;
+    }
+    if (self->t && self->t->start_kind != START_NONE) {
+        PyErr_SetString(PyExc_RuntimeError, "this tracer has started already");
+        return -1;
+    }
+    if (self->t) tracer_unref(self->t);
+    self->t = tracer_new(max_payload);
+    if (!self->t) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Tracer_dealloc(TracerObject *self) {
+    Tracer *t = self->t;
+    if (t) {
+        pthread_mutex_lock(&t->mu);
+        t->orphaned = 1; /* the loop thread runs on without recording until the programs end */
+        atomic_store(&t->record, 0);
+        pthread_cond_broadcast(&t->cond);
+        int kick = t->start_state == 1 && !t->finished && t->every_syscall;
+        if (kick) {
+            atomic_fetch_or(&t->commands, CMD_DETACH);
+            syscall(SYS_tgkill, getpid(), t->loop_tid, sigwake());
+        }
+        pthread_mutex_unlock(&t->mu);
+        tracer_unref(t);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Tracer *started(TracerObject *self) {
+    if (!self->t) PyErr_SetString(PyExc_RuntimeError, "Tracer.__init__ was not called");
+    return self->t;
+}
+
+/* Starts the loop thread on t's start request; returns the pid, or NULL with an exception. */
+static PyObject *start(Tracer *t, int kind) {
+    static int handler_installed;
+    if (!handler_installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_wake; /* no SA_RESTART: the loop thread's waitpid returns EINTR */
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(sigwake(), &sa, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+        handler_installed = 1;
+    }
+    t->start_kind = kind;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&t->mu);
+    t->refs++;
+    pthread_mutex_unlock(&t->mu);
+    pthread_t thread;
+    int err = pthread_create(&thread, &attr, loop_main, t);
+    pthread_attr_destroy(&attr);
+    if (err) {
+        pthread_mutex_lock(&t->mu);
+        t->refs--;
+        t->start_state = -1;
+        t->finished = 1;
+        pthread_mutex_unlock(&t->mu);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&t->mu);
+    while (t->start_state == 0) pthread_cond_wait(&t->cond, &t->mu);
+    pthread_mutex_unlock(&t->mu);
+    Py_END_ALLOW_THREADS
+    if (t->start_state < 0) {
+        errno = t->start_errno;
+        if (t->start_file[0]) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, t->start_file);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(kind == START_SPAWN ? t->start_pid : t->main_pid);
+}
+
+/* spawn(path, argv, env) -> pid: fork, attach before the child installs its filter, exec. */
+static PyObject *Tracer_spawn(TracerObject *self, PyObject *args) {
+    Tracer *t = started(self);
+    PyObject *path_obj, *argv_obj, *env_obj;
+    if (!t) return NULL;
+    if (t->start_kind != START_NONE) {
+        PyErr_SetString(PyExc_RuntimeError, "this tracer already runs a command");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O&OO", PyUnicode_FSConverter, &path_obj, &argv_obj, &env_obj)) return NULL;
+    char **argv = strings(argv_obj, "argv must be a sequence of bytes");
+    char **envp = argv ? strings(env_obj, "env must be a sequence of bytes") : NULL;
+    char *path = strdup(PyBytes_AS_STRING(path_obj));
+    Py_DECREF(path_obj);
+    if (!argv || !envp || !path) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        free_strings(argv);
+        free_strings(envp);
+        free(path);
+        return NULL;
+    }
+    t->start_path = path;
+    t->start_argv = argv;
+    t->start_envp = envp;
+    return start(t, START_SPAWN);
+}
+
+/* attach(pid): trace a running process (each of its threads) and the children it starts from now on. */
+static PyObject *Tracer_attach(TracerObject *self, PyObject *args) {
+    Tracer *t = started(self);
+    int pid;
+    if (!t) return NULL;
+    if (!PyArg_ParseTuple(args, "i", &pid)) return NULL;
+    if (t->start_kind != START_NONE) {
+        PyErr_SetString(PyExc_RuntimeError, "this tracer already traces a command");
+        return NULL;
+    }
+    t->start_pid = pid;
+    return start(t, START_ATTACH);
+}
+
+/* Swaps ``out`` for an empty buffer (called with mu held); the caller owns what it returns. */
+static char *take(Tracer *t, size_t *len, size_t *cap) {
+    char *taken = t->out;
+    *len = t->out_len;
+    *cap = t->out_cap;
+    t->out = t->spare;
+    t->out_cap = t->spare_cap;
+    t->out_len = 0;
+    t->spare = NULL;
+    t->spare_cap = 0;
+    pthread_cond_broadcast(&t->cond); /* room again for a loop thread held back */
+    return taken;
+}
+
+/* Gives a taken buffer back: as the spare, or (``keep``: its events were not handed to Python)
+ * in front of what arrived since. Called with mu held. */
+static void give_back(Tracer *t, char *buf, size_t len, size_t cap, int keep) {
+    if (keep && len) {
+        if (len + t->out_len > cap) {
+            char *grown = realloc(buf, len + t->out_len);
+            if (!grown) {
+                free(buf);
+                t->nomem = 1;
+                return;
+            }
+            buf = grown;
+            cap = len + t->out_len;
+        }
+        if (t->out_len) memcpy(buf + len, t->out, t->out_len);
+        free(t->spare);
+        t->spare = t->out;
+        t->spare_cap = t->out_cap;
+        t->out = buf;
+        t->out_cap = cap;
+        t->out_len += len;
+        return;
+    }
+    if (!t->spare) {
+        t->spare = buf;
+        t->spare_cap = cap;
+    } else {
+        free(buf);
+    }
+}
+
+/* wait(timeout=None) -> bytes | None: the events the loop thread gathered since the last call,
+ * waiting for some (a small batch lingers LINGER_NS to grow); b"" when ``timeout`` seconds pass
+ * without any or when a signal arrives (after Python's handlers ran); None once no tracee is left
+ * and every event was handed over. */
+static PyObject *Tracer_wait(TracerObject *self, PyObject *args) {
+    Tracer *t = started(self);
+    double timeout = -1;
+    PyObject *timeout_obj = Py_None;
+    if (!t) return NULL;
+    if (!PyArg_ParseTuple(args, "|O", &timeout_obj)) return NULL;
+    if (timeout_obj != Py_None) {
+        timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1 && PyErr_Occurred()) return NULL;
+        if (timeout < 0) timeout = 0;
+    }
+    if (t->start_state != 1) Py_RETURN_NONE; /* never started: nothing to trace */
+    uint64_t deadline = timeout >= 0 ? now_ns() + (uint64_t)(timeout * 1e9) : 0;
+    char *taken = NULL;
+    size_t len = 0, cap = 0;
+    int done = 0, interrupted = 0, nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        uint64_t now = now_ns();
+        if (t->out_len && (t->out_len >= WAKE_AT || t->finished || now - t->out_since >= LINGER_NS ||
+                           (deadline && now >= deadline))) {
+            taken = take(t, &len, &cap);
+            break;
+        }
+        if (t->finished) {
+            done = 1;
+            break;
+        }
+        if (deadline && now >= deadline) break;
+        int64_t sleep_ns = -1;
+        if (t->out_len) sleep_ns = (int64_t)(LINGER_NS - (now - t->out_since));
+        else if (deadline) sleep_ns = (int64_t)(deadline - now);
+        if (atomic_load(&t->commands)) { /* the loop thread may have missed its wake-up: again */
+            syscall(SYS_tgkill, getpid(), t->loop_tid, sigwake());
+            if (sleep_ns < 0 || sleep_ns > 10000000) sleep_ns = 10000000;
+        }
+        t->py_waiting = 1;
+        pthread_mutex_unlock(&t->mu);
+        struct pollfd pfd = {t->efd, POLLIN, 0};
+        struct timespec ts = {(time_t)(sleep_ns / 1000000000), (long)(sleep_ns % 1000000000)};
+        int r = ppoll(&pfd, 1, sleep_ns < 0 ? NULL : &ts, NULL);
+        int err = errno;
+        if (r > 0) {
+            uint64_t value;
+            if (read(t->efd, &value, sizeof value) < 0) { /* drained by a racing read: fine */
+            }
+        }
+        pthread_mutex_lock(&t->mu);
+        t->py_waiting = 0;
+        if (r < 0 && err == EINTR) {
+            interrupted = 1;
+            if (t->out_len) taken = take(t, &len, &cap);
+            break;
+        }
+    }
+    nomem = t->nomem;
+    t->nomem = 0;
+    pthread_mutex_unlock(&t->mu);
+    Py_END_ALLOW_THREADS
+    if (interrupted && PyErr_CheckSignals() < 0) {
+        pthread_mutex_lock(&t->mu);
+        give_back(t, taken, len, cap, 1);
+        pthread_mutex_unlock(&t->mu);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (nomem) {
+        PyErr_NoMemory();
+    } else if (taken) {
+        result = PyBytes_FromStringAndSize(taken, (Py_ssize_t)len);
+    } else if (done) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    } else {
+        result = PyBytes_FromStringAndSize("", 0);
+    }
+    if (taken) {
+        pthread_mutex_lock(&t->mu);
+        give_back(t, taken, len, cap, result == NULL && !nomem);
+        pthread_mutex_unlock(&t->mu);
+    }
+    return result;
 }
 
 /* detach_all(): let every tracee go at its next stop (only for attached processes: they have no filter). */
-static PyObject *Tracer_detach_all(Tracer *self, PyObject *unused) {
-    if (!self->every_syscall) {
+static PyObject *Tracer_detach_all(TracerObject *self, PyObject *unused) {
+    Tracer *t = started(self);
+    if (!t) return NULL;
+    if (!t->every_syscall) {
         PyErr_SetString(PyExc_RuntimeError, "a command started with a filter cannot be detached from");
         return NULL;
     }
-    self->detaching = 1;
-    for (size_t i = 0; i < TABLE; i++)
-        for (Tracee *e = self->table[i]; e; e = e->next) ptrace(PTRACE_INTERRUPT, e->tid, 0, 0);
+    atomic_fetch_or(&t->commands, CMD_DETACH);
+    pthread_mutex_lock(&t->mu);
+    if (t->start_state == 1 && !t->finished) syscall(SYS_tgkill, getpid(), t->loop_tid, sigwake());
+    pthread_mutex_unlock(&t->mu);
     Py_RETURN_NONE;
 }
 
 /* kill_all(): SIGKILL to every traced thread group; wait() then reports their ends. */
-static PyObject *Tracer_kill_all(Tracer *self, PyObject *unused) {
+static PyObject *Tracer_kill_all(TracerObject *self, PyObject *unused) {
+    Tracer *t = started(self);
+    if (!t) return NULL;
+    pthread_mutex_lock(&t->mu);
     for (size_t i = 0; i < TABLE; i++)
-        for (Tracee *e = self->table[i]; e; e = e->next) kill(e->tgid, SIGKILL);
+        for (Proc *p = t->procs[i]; p; p = p->next) kill(p->tgid, SIGKILL);
+    pthread_mutex_unlock(&t->mu);
     Py_RETURN_NONE;
 }
 
-static PyObject *Tracer_get_record(Tracer *self, void *closure) { return PyBool_FromLong(self->record); }
+static PyObject *Tracer_get_record(TracerObject *self, void *closure) {
+    return PyBool_FromLong(self->t && atomic_load(&self->t->record));
+}
 
-static int Tracer_set_record(Tracer *self, PyObject *value, void *closure) {
+static int Tracer_set_record(TracerObject *self, PyObject *value, void *closure) {
     int on = value ? PyObject_IsTrue(value) : 0;
     if (on < 0) return -1;
-    self->record = on;
+    if (self->t) atomic_store(&self->t->record, on);
     return 0;
 }
 
-static PyObject *Tracer_get_status(Tracer *self, void *closure) {
-    if (self->main_status < 0) Py_RETURN_NONE;
-    return PyLong_FromLong(self->main_status);
+static PyObject *Tracer_get_status(TracerObject *self, void *closure) {
+    int status = self->t ? atomic_load(&self->t->main_status) : -1;
+    if (status < 0) Py_RETURN_NONE;
+    return PyLong_FromLong(status);
 }
 
-static PyObject *Tracer_get_tracees(Tracer *self, void *closure) { return PyLong_FromSize_t(self->count); }
+static PyObject *Tracer_get_tracees(TracerObject *self, void *closure) {
+    return PyLong_FromLong(self->t ? atomic_load(&self->t->tracees) : 0);
+}
 
 static PyMethodDef Tracer_methods[] = {
     {"spawn", (PyCFunction)Tracer_spawn, METH_VARARGS, "spawn(path, argv, env) -> pid: run a command traced"},
-    {"wait", (PyCFunction)Tracer_wait, METH_NOARGS, "wait() -> bytes | None: the next batch of events"},
+    {"wait", (PyCFunction)Tracer_wait, METH_VARARGS,
+     "wait(timeout=None) -> bytes | None: the events gathered since the last call (None: all ended)"},
     {"kill_all", (PyCFunction)Tracer_kill_all, METH_NOARGS, "SIGKILL every traced process"},
     {"attach", (PyCFunction)Tracer_attach, METH_VARARGS, "attach(pid): trace a running process"},
     {"detach_all", (PyCFunction)Tracer_detach_all, METH_NOARGS, "let every attached process go"},
@@ -1269,7 +1797,7 @@ static PyGetSetDef Tracer_getset[] = {
 
 static PyTypeObject TracerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcproxy.syscall._tracer.Tracer",
-    .tp_basicsize = sizeof(Tracer),
+    .tp_basicsize = sizeof(TracerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Tracer(max_payload=4096): a command's process tree under ptrace + seccomp",
     .tp_new = PyType_GenericNew,

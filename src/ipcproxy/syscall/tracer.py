@@ -1,8 +1,10 @@
 """`ipcproxy trace`: a command's process tree under the compiled stop loop, its IPC recorded.
 
 The loop (``_tracer``) runs the command with a seccomp filter that stops it
-only at IPC syscalls and hands over batches of events; here they go through
-the channel table into trace records, in the order the table releases them.
+only at IPC syscalls; its own thread services the stops while this one turns
+the batches of events it hands over into trace records (through the channel
+table, in the order the table releases them), so the programs do not wait for
+Python.
 
 Stopping. A seccomp filter stays in a process for its whole life, and
 without its tracer every filtered call would fail with ENOSYS. So on
@@ -97,10 +99,7 @@ class SyscallTrace:
 
     def run(self) -> int:
         """Runs the command to its end; returns its exit status (128+N when killed by signal N)."""
-        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled[:2]}
-        # the flush timer's only job is to interrupt a blocked wait(): a handler, not SIG_IGN
-        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.attach is not None:
                 pid = self._attach(self.attach)
@@ -111,7 +110,6 @@ class SyscallTrace:
             self.recorder.flush()
             self._loop()
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         status = self.loop.status
@@ -147,21 +145,20 @@ class SyscallTrace:
             if self.signals > 1 and not killed:  # asked again: end them
                 self.loop.kill_all()
                 killed = True
-            batch = self.loop.wait()
+            # Written at least every FLUSH_EVERY: the wait ends by then when records are waiting
+            # (the programs may not stop again for long).
+            timeout = max(0.0, FLUSH_EVERY - (time.monotonic() - last_flush)) if self.recorder.backlog else None
+            batch = self.loop.wait(timeout)
             if batch is None:
                 break
             if not recording:
                 continue
             for ev in events.decode(batch, self.names):
                 self._feed(ev)
-            # Written at least every FLUSH_EVERY: at once when that much time has passed, else when
-            # a one-shot timer interrupts the next wait (the programs may not stop again for long).
             now = time.monotonic()
             if now - last_flush >= FLUSH_EVERY:
                 self.recorder.flush()
                 last_flush = now
-            elif self.recorder.backlog and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
-                signal.setitimer(signal.ITIMER_REAL, max(0.001, FLUSH_EVERY - (now - last_flush)))
         if recording:
             self._finish(self.stop_reason or "done")
 
