@@ -231,7 +231,8 @@ typedef struct {
 typedef struct {
     uint64_t ino, dev;
     uint32_t mode;
-    uint32_t known;
+    uint16_t known;
+    uint16_t reported; /* an event named it: Python may hold it in its fd table */
 } FdFacts;
 
 /* A thread group: its threads share one fd table, so one cache of what its fds are. */
@@ -399,11 +400,13 @@ static void drop(Tracer *t, pid_t tid) {
 
 /* ------------------------------------------------------------------ what an fd is */
 
-/* inode, device and mode of a process's fd: from the cache, else from /proc (then cached). 0: not open. */
-static int fd_facts(Tracee *e, int fd, uint64_t *ino, uint64_t *dev, uint32_t *mode) {
+/* inode, device and mode of a process's fd: from the cache, else from /proc (then cached). 0: not open.
+ * ``report``: the caller puts it in an event. */
+static int fd_lookup(Tracee *e, int fd, uint64_t *ino, uint64_t *dev, uint32_t *mode, int report) {
     Proc *p = e->proc;
     if (fd < 0) return 0;
     if (p && fd < p->nfds && p->fds[fd].known) {
+        p->fds[fd].reported |= (uint16_t)report;
         *ino = p->fds[fd].ino;
         *dev = p->fds[fd].dev;
         *mode = p->fds[fd].mode;
@@ -426,9 +429,13 @@ static int fd_facts(Tracee *e, int fd, uint64_t *ino, uint64_t *dev, uint32_t *m
             p->fds = grown;
             p->nfds = n;
         }
-        p->fds[fd] = (FdFacts){st.st_ino, st.st_dev, st.st_mode, 1};
+        p->fds[fd] = (FdFacts){st.st_ino, st.st_dev, st.st_mode, 1, (uint16_t)report};
     }
     return 1;
+}
+
+static int fd_facts(Tracee *e, int fd, uint64_t *ino, uint64_t *dev, uint32_t *mode) {
+    return fd_lookup(e, fd, ino, dev, mode, 1);
 }
 
 static void fd_forget(Proc *p, int64_t fd) {
@@ -725,8 +732,9 @@ static int emit_facts(Tracer *t, Tracee *e, int64_t ret, int fd0, int fd1, uint6
     ev->ret = ret;
     ev->fds[0] = fd0;
     ev->fds[1] = fd1;
+    if (e->nr == SYS_mq_open) fd_forget(e->proc, fd0); /* a new fd */
     for (int i = 0; i < 2; i++)
-        if (ev->fds[i] >= 0) stat_fd(e->tid, ev->fds[i], &ev->ino[i], &ev->dev[i], &ev->mode[i]);
+        if (ev->fds[i] >= 0) fd_facts(e, ev->fds[i], &ev->ino[i], &ev->dev[i], &ev->mode[i]);
     ev->length = length;
     ev->addr_len = (uint16_t)tail_len;
     if (tail_len) memcpy(ev + 1, tail, tail_len);
@@ -980,12 +988,13 @@ static int entered(Tracer *t, Tracee *e) {
     if (!sc) return 0;
     uint64_t ino = 0, dev = 0;
     uint32_t mode = 0;
-    if (data_call(sc) && fd_facts(e, (int)e->args[0], &ino, &dev, &mode) && !is_channel(mode))
+    if (data_call(sc) && fd_lookup(e, (int)e->args[0], &ino, &dev, &mode, 0) && !is_channel(mode))
         return 0; /* a file, a terminal, ...: nothing a channel carries */
     if (e->nr == SYS_close) {
         int fd = (int)e->args[0];
         Proc *p = e->proc;
-        int known_other = p && fd >= 0 && fd < p->nfds && p->fds[fd].known && !is_channel(p->fds[fd].mode);
+        /* an fd only ever met at a skipped data call: no event named it, the channel table does not hold it */
+        int known_other = p && fd >= 0 && fd < p->nfds && p->fds[fd].known && !p->fds[fd].reported;
         fd_forget(p, fd);
         if (known_other) return 0;
         Event *ev = simple_event(t, EV_SYSCALL, e, e->tid);

@@ -324,7 +324,12 @@ class ChannelTable:
                 self._set_fd(pid, ev.fds[i], keys[i], True, True, cloexec)
                 self.channels.pop(keys[i], None)
             for i in (0, 1):  # each end's peer is the other: no need to ask the system
-                channel = self._describe(pid, ev.fds[i], keys[i], ev.modes[i])
+                channel: Channel | None
+                if a[0] == 1:  # AF_UNIX: the call says it all (the system may have forgotten it by now)
+                    socktype = sockaddr.UNIX_TYPES.get(a[1] & 0xF, str(a[1] & 0xF))
+                    channel = self.channels[keys[i]] = Channel("unix", keys[i][0], keys[i][1], socktype=socktype)
+                else:
+                    channel = self._describe(pid, ev.fds[i], keys[i], ev.modes[i])
                 if channel is not None:
                     channel.peer = keys[1 - i][1]
         elif name in ("socket", "accept", "accept4"):

@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 import struct
+from typing import TextIO
 
 import psutil
 
@@ -92,6 +93,14 @@ def unix_diag(inode: int) -> tuple[str | None, int | None]:
     return name, peer
 
 
+def _net_table(pid: int, name: str) -> TextIO:
+    """A process's /proc/net table; ours once it is gone (records are built after the programs ran on)."""
+    try:
+        return open(f"/proc/{pid}/net/{name}")
+    except FileNotFoundError:
+        return open(f"/proc/self/net/{name}")
+
+
 class SystemFacts:
     def __init__(self) -> None:
         self.pipefs = _pipefs_dev()
@@ -129,7 +138,7 @@ class SystemFacts:
     @staticmethod
     def _unix(pid: int, inode: int) -> tuple[str | None, str] | None:
         try:
-            with open(f"/proc/{pid}/net/unix") as table:
+            with _net_table(pid, "unix") as table:
                 next(table)
                 wanted = str(inode)
                 for line in table:
@@ -145,7 +154,7 @@ class SystemFacts:
         rows = []
         for name in (kind, kind + "6"):
             try:
-                with open(f"/proc/{pid}/net/{name}") as table:
+                with _net_table(pid, name) as table:
                     next(table)
                     for line in table:
                         parts = line.split()
