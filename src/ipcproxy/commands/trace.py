@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 
 from ..outputs import add_output_options
@@ -44,6 +45,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="on SIGINT/SIGTERM end the traced programs (default: finish the trace and let them run to their end)",
     )
+    p.add_argument(
+        "--framing",
+        action="append",
+        default=[],
+        metavar="[WHERE=]MODE",
+        help="turn the byte streams of pipes, FIFOs, Unix stream and TCP sockets into messages: as-written "
+        "(default), newline, length:SIZE[:be|le][:at=N][:adjust=N|:total], dbus; WHERE (pipe, fifo, unix, tcp, "
+        "tcp:PORT or a socket or FIFO path) selects channels; repeat it, the first match wins",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
 
 
@@ -52,6 +62,7 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..model import Endpoint
     from ..outputs import OutputRules
     from ..runtime import CaptureOptions, live_printer
+    from ..syscall.framing import Framing, parse_rule
     from ..syscall.procfs import SystemFacts
     from ..syscall.tracer import SyscallTrace
     from ..trace import records
@@ -67,11 +78,19 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise InputError(f"trace: -p {args.pid}: not a process id")
     if args.write and args.write.endswith((".pcap", ".pcapng")):
         raise InputError(f"trace: {args.write}: syscall traces are JSON Lines only (pcap holds D-Bus messages)")
+    rules = [parse_rule(text) for text in args.framing]
     sinks: list[Sink] = []
     if args.write:
-        origin = {"attached": args.pid} if args.pid is not None else {"command": cmd}
+        origin: dict[str, object] = {"attached": args.pid} if args.pid is not None else {"command": cmd}
+        if args.framing:
+            origin["framing"] = list(args.framing)
         sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin), OutputRules.from_args(args)))
     recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(CaptureOptions(quiet=args.quiet)))
+    framing = None
+    if rules:
+        framing = Framing(
+            rules, args.max_payload, recorder.record, lambda text: print(f"ipcproxy: trace: {text}", file=sys.stderr)
+        )
     try:
         tracer = SyscallTrace(
             cmd,
@@ -81,6 +100,7 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             max_payload=args.max_payload,
             kill_on_exit=args.kill_on_exit,
             attach=args.pid,
+            framing=framing,
         )
         return tracer.run()
     finally:

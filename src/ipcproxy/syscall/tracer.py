@@ -29,7 +29,8 @@ from typing import Any
 from ..errors import InputError, RunFailed
 from ..trace.recorder import Recorder
 from . import events
-from .channels import ChannelTable, Facts
+from .channels import ChannelTable, Facts, Transfer
+from .framing import Framing
 from .records import data_fields, opaque_fields
 
 FLUSH_EVERY = 0.05  # seconds: how old records may get before they are written (what a SIGKILL can lose)
@@ -59,6 +60,7 @@ class SyscallTrace:
         max_payload: int,
         kill_on_exit: bool,
         attach: int | None = None,
+        framing: Framing | None = None,
     ) -> None:
         """Runs ``cmd``, or with ``attach`` traces that running process (and ``cmd`` is empty)."""
         from . import _tracer  # type: ignore[attr-defined]
@@ -76,6 +78,7 @@ class SyscallTrace:
         self.stop_reason: str | None = None
         self.signals = 0
         self.messages = 0
+        self.framing = framing  # None: every message as written (one record per syscall)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -167,17 +170,24 @@ class SyscallTrace:
             ep = self.table.endpoint(ev.pid)
             self.recorder.event("exit", pid=ev.pid, exe=ep.exe, comm=ep.comm, status=_status_text(ev.ret))
         for transfer in self.table.feed(ev):
-            transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
-            self.messages += 1
+            self._record(transfer)
         if self.table.opaque:
             for use in self.table.opaque:
                 self.recorder.record(opaque_fields(use), use.ts)
             self.table.opaque.clear()
 
-    def _finish(self, reason: str) -> None:
-        for transfer in self.table.finish():
+    def _record(self, transfer: Transfer) -> None:
+        if self.framing is not None:  # frames it, or records it as written
+            self.messages += self.framing.feed(transfer)
+        else:
             transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
             self.messages += 1
+
+    def _finish(self, reason: str) -> None:
+        for transfer in self.table.finish():
+            self._record(transfer)
+        if self.framing is not None:
+            self.messages += self.framing.finish()
         status = self.loop.status
         fields: dict[str, Any] = {"reason": reason, "messages": self.messages}
         if status is not None:

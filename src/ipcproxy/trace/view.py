@@ -147,6 +147,9 @@ def _opaque_line(rec: dict[str, Any]) -> str:
 def _event_line(rec: dict[str, Any]) -> str:
     if rec.get("event") == "opaque":
         return _opaque_line(rec)
+    if rec.get("event") == "dbus_auth":  # a D-Bus handshake line seen by `trace --framing dbus`
+        where = f"pid={rec.get('pid')} fd={rec.get('fd')} {channel_label(rec.get('channel'))}"
+        return f"dbus_auth {rec.get('direction') or '?'} {where} {rec.get('line')!r}"
     words = [f"{rec.get('event')}"]
     if rec.get("connection") is not None:
         words.append(f"connection={rec['connection']}")
@@ -214,10 +217,17 @@ def _data_line(rec: dict[str, Any], parts: list[str], color: bool, args: bool, l
         parts.append("consumed=" + ",".join(f"#{c}" if isinstance(c, int) else str(c) for c in consumed))
     if rec.get("fds"):
         parts.append(f"fds={rec['fds']}")
+    syscalls = rec.get("syscalls")
+    if isinstance(syscalls, list) and len(syscalls) > 1:  # a framed message carried by several calls
+        parts.append(f"({len(syscalls)} syscalls)")
+    if rec.get("partial"):
+        parts.append("(partial: the trace ended inside it)")
     verdict = _verdict_text(rec.get("verdict"))
     if verdict:
         parts.append(_paint(f"[{verdict}]", "verdict", color))
     line = " ".join(parts)
+    if rec.get("framing_error"):
+        line += "\n    " + _paint(f"{rec.get('framing')} framing: {rec['framing_error']}", "error", color)
     if args and rec.get("payload"):
         line += "\n    " + payload_preview(str(rec["payload"]), limit)
         if rec.get("truncated"):
