@@ -351,3 +351,20 @@ def test_a_dbus_message_cut_by_max_payload_is_not_decoded_but_keeps_framing() ->
     cut = [r for r in sink.records if r["type"] == "data"]
     assert len(cut) == 2 and all("cannot be decoded" in r["framing_error"] for r in cut)
     assert [r["size"] for r in cut] == [len(CALL), len(HELLO)]
+
+
+def test_records_as_written_still_name_the_sent_messages_they_read() -> None:
+    fr, sink = framing("/run/a.sock=newline")
+    sender, receiver = unix(500, "/run/a.sock"), unix(501, None)  # only the sending end is framed
+    w = transfer(sender, "send", b"one\ntwo\n")
+    fr.feed(w)
+    fr.feed(transfer(receiver, "recv", b"one\ntwo\n", consumed=[w], pid=20))
+    lines, read = sink.records[:2], sink.records[2]
+    assert payloads(lines) == [b"one\n", b"two\n"]
+    assert "framing" not in read and read["consumed"] == [1, 2]
+    fr2, sink2 = framing("length:2:total")
+    w2 = transfer(unix(502), "send", b"\x00\x01abc")  # a length shorter than its header
+    fr2.feed(w2)
+    fr2.feed(transfer(unix(503), "recv", b"\x00\x01abc", consumed=[w2], pid=20))
+    assert [r["consumed"] for r in sink2.records if r["direction"] == "recv"] == [[1]]
+    assert all("shorter than its header" in r["framing_error"] for r in sink2.records)

@@ -301,14 +301,17 @@ class Framing:
         self.modes[key] = mode
         return mode
 
-    def takes(self, transfer: Transfer) -> bool:
-        return self.mode_of(transfer.channel) is not None
-
     # ------------------------------------------------------------ transfers in, records out
     def feed(self, transfer: Transfer) -> int:
-        """Frame one transfer of a channel ``takes`` said yes to; returns how many records were written."""
+        """Frame one transfer (or record it as written, on a channel no rule frames); returns the records written."""
         mode = self.mode_of(transfer.channel)
-        assert mode is not None
+        if mode is None:
+            fields = data_fields(transfer)
+            if transfer.direction == "recv" and any(w is not None and not w.seq for w in transfer.consumed or []):
+                fields["consumed"] = self._consumed([_Part(transfer, 0, transfer.size)])  # it read framed writes
+                self.segments.pop(id(transfer), None)
+            transfer.seq = self.record(fields, transfer.ts)
+            return 1
         sid = (transfer.channel.key, transfer.direction)
         stream = self.streams.get(sid)
         if stream is None:
@@ -409,6 +412,9 @@ class Framing:
             if not fields["truncated"]:
                 del fields["truncated"]
             fields["offset"] = off
+        if transfer.direction == "recv":
+            fields["consumed"] = self._consumed([_Part(transfer, off, transfer.size - off)])
+            self.segments.pop(id(transfer), None)
         fields["framing"] = stream.mode.name
         fields["framing_error"] = stream.lost
         seq = self.record(fields, transfer.ts)
@@ -502,15 +508,15 @@ class Framing:
         self.segments[id(read)] = (read, segments)
         return segments
 
-    def _consumed(self, msg: _Msg) -> list[int | str]:
-        """A received message: the framed sends (or the writes) whose bytes its reads returned."""
+    def _consumed(self, parts: list[_Part]) -> list[int | str]:
+        """Received bytes: the framed sends (or the writes) that they were."""
         out: list[int | str] = []
 
         def add(item: int | str) -> None:
             if item not in out:
                 out.append(item)
 
-        for part in msg.parts:
+        for part in parts:
             read = part.transfer
             segments = self._segments(read)
             if segments is None:  # not byte for byte: every write it took from, and "unknown"
@@ -560,7 +566,7 @@ class Framing:
                 fields[side] = first.to_json() if same else Endpoint().to_json()
         fields["fds"] = sum(t.nfds for t in transfers)
         if stream.direction == "recv":
-            fields["consumed"] = self._consumed(msg)
+            fields["consumed"] = self._consumed(msg.parts)
         fields["framing"] = stream.mode.name
         fields["syscalls"] = self._syscalls(msg)
         return fields
@@ -677,7 +683,7 @@ class Framing:
         fields["framing"] = "dbus"
         fields["syscalls"] = self._syscalls(msg)
         if stream.direction == "recv":
-            fields["consumed"] = self._consumed(msg)
+            fields["consumed"] = self._consumed(msg.parts)
 
 
 def _named(process: Endpoint, bus_name: str | None) -> Endpoint:
