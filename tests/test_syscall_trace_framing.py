@@ -93,6 +93,27 @@ def test_newline_framing_with_cut_payloads_says_where_lines_are_not_known(tmp_pa
         at += r["size"]
 
 
+def test_newline_framing_of_socat_over_tcp_selected_by_port(tmp_path: Path) -> None:
+    if not have("socat"):
+        pytest.skip("needs socat")
+    port = 20000 + os.getpid() % 20000
+    script = (
+        f"socat -u TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr - > {tmp_path / 'got'} & "
+        f"printf 'alpha\\nbeta\\ngam' | socat -u - TCP:127.0.0.1:{port},retry=50,interval=0.1; wait"
+    )
+    proc, records = run_trace(["--framing", f"tcp:{port}=newline", "--", "sh", "-c", script], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "got").read_bytes() == b"alpha\nbeta\ngam"
+    sent = data(records, transport="tcp", direction="send")
+    got = data(records, transport="tcp", direction="recv")
+    assert [payload(r) for r in sent] == [b"alpha\n", b"beta\n", b"gam"]
+    assert [payload(r) for r in got] == [b"alpha\n", b"beta\n", b"gam"]
+    assert sent[-1]["partial"] is True and got[-1]["partial"] is True  # no newline before the end
+    assert all(r["framing"] == "newline" for r in sent + got)
+    assert [r["consumed"] for r in got] == [[r["seq"]] for r in sent]
+    assert not data(records, transport="pipe", framing="newline")  # the pipe into socat is not framed
+
+
 def test_without_framing_nothing_changes(tmp_path: Path) -> None:
     proc, records = run_trace(["--", "sh", "-c", "seq 3000 | cat > /dev/null"], tmp_path)
     assert proc.returncode == 0, proc.stderr
