@@ -79,7 +79,7 @@ def test_no_library_module_imports_the_command_layer(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [p for sub in ("dbus", "syscall", "trace", "policy") for p in sorted((PACKAGE / sub).rglob("*.py"))],
+    [p for sub in ("dbus", "syscall", "ebpf", "trace", "policy") for p in sorted((PACKAGE / sub).rglob("*.py"))],
     ids=lambda p: str(p.relative_to(PACKAGE)),
 )
 def test_transports_and_trace_do_not_import_the_runtime(path: Path) -> None:
@@ -122,7 +122,7 @@ def architecture_layout() -> str:
     "path",
     [
         p
-        for folder in (PACKAGE, PACKAGE / "dbus", PACKAGE / "trace")
+        for folder in (PACKAGE, PACKAGE / "dbus", PACKAGE / "trace", PACKAGE / "ebpf")
         for p in sorted(folder.glob("*.py"))
         if p.name not in ("__init__.py", "__main__.py")
     ],

@@ -17,6 +17,7 @@ NAMES: tuple[str, ...] = (
     "interpose",
     "monitor",
     "trace",
+    "watch",
     "show",
     "stats",
     "convert",

@@ -135,6 +135,7 @@ class Stats:
     events: int = 0
     merged_copies: int = 0
     data: int = 0  # data records (sends and receives)
+    lost: int = 0  # events a capture could not keep (`lost` events of `ipcproxy watch`)
     _delivered: set[tuple[int, int]] = field(default_factory=set)  # (trace, seq) of writes a read consumed
     _components: dict[Key, Tally] = field(default_factory=dict)
     _pairs: dict[tuple[Key, Key], Tally] = field(default_factory=dict)
@@ -147,6 +148,8 @@ class Stats:
             kind = rec.get("type")
             if kind == "event":
                 self.events += 1
+                if rec.get("event") == "lost" and isinstance(rec.get("count"), int):
+                    self.lost += rec["count"]
                 continue
             if kind == DATA:
                 self._add_data(trace, rec)
@@ -311,6 +314,7 @@ def render(stats: Stats) -> str:
         f"{stats.messages} messages, {stats.events} events in {len(stats.traces)} trace(s)"
         + (f" ({stats.data} pipe and socket records: sends and receives)" if stats.data else "")
         + (f"; {stats.merged_copies} copies of messages recorded on both sides merged" if stats.merged_copies else "")
+        + (f"; {stats.lost} events lost by the capture (see its `lost` events)" if stats.lost else "")
     ]
     out.append("")
     out.append("per component (sent by type; latency of the calls it answered)")
