@@ -84,6 +84,12 @@ class WatchFacts:
                 return inode
         return None
 
+    def queue_name(self, pid: int, fd: int) -> str | None:
+        return None  # message queues are not hooked by the watch (docs/commands-watch.md)
+
+    def sysv_key(self, kind: str, ident: int) -> int | None:
+        return None
+
     def endpoint(self, pid: int) -> Endpoint:
         raw = self.current
         if raw is not None and raw.event.pid == pid:
