@@ -46,7 +46,10 @@ class Watched:
         self.gate = tmp_path / f"{name}.gate"
         self.trace = tmp_path / f"{name}.jsonl"
         os.mkfifo(self.gate)
-        self.workload = subprocess.Popen(["sh", "-c", 'read go < "$0"; exec "$@"', str(self.gate), *cmd])
+        # a session of its own: the whole workload (its pipeline's children too) is ended with its group
+        self.workload = subprocess.Popen(
+            ["sh", "-c", 'read go < "$0"; exec "$@"', str(self.gate), *cmd], start_new_session=True
+        )
         selection = ["--pid", str(self.workload.pid)] if select else []
         self.watch = subprocess.Popen(
             [*IPCPROXY, "watch", "-w", str(self.trace), *selection, *extra],
@@ -85,10 +88,14 @@ class Watched:
         return read_trace(self.trace)
 
     def kill(self) -> None:
+        try:
+            os.killpg(self.workload.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         for proc in (self.workload, self.watch):
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()
 
 
 @pytest.fixture
@@ -424,3 +431,26 @@ def test_a_killed_watch_leaves_nothing_attached(watched: Any) -> None:
     assert programs <= _loaded_programs()
     w.stop(signal.SIGKILL)
     wait_for(lambda: not programs & _loaded_programs(), timeout=30, what="the programs to be unloaded")
+
+
+@pytest.mark.skipif(shutil.which("busctl") is None, reason="needs busctl")
+def test_busctl_clients_of_a_private_dbus_daemon(watched: Any, bus: Any) -> None:
+    """Nobody put a proxy in front of this bus: the watch sees its clients' messages on the bus socket."""
+    address = bus.address
+    path = address.split("path=", 1)[1].split(",", 1)[0]
+    script = (
+        f"busctl --address={address} call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ListNames; "
+        * 3
+    )
+    w = watched(["sh", "-c", script])
+    records = w.run()
+    on_bus = [r for r in data(records, transport="unix") if r["channel"].get("path") == path]
+    calls = [r for r in on_bus if r["direction"] == "send" and b"ListNames" in payload(r)]
+    assert len(calls) == 3 and len({r["pid"] for r in calls}) == 3
+    daemons = {r["destination"].get("pid") for r in calls}
+    assert len(daemons) == 1 and None not in daemons and daemons.isdisjoint(r["pid"] for r in calls)
+    (daemon,) = daemons
+    assert {r["destination"].get("comm") for r in calls} == {"dbus-daemon"}
+    replies = [r for r in on_bus if r["direction"] == "recv" and r["sender"].get("pid") == daemon]
+    assert {r["pid"] for r in replies} == {r["pid"] for r in calls}
+    assert all(r["channel"]["peer_pid"] == daemon for r in on_bus)
