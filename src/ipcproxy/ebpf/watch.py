@@ -161,7 +161,7 @@ class Watch:
         self.recorder.close()
         return Result(self.messages, lost, reason)
 
-    def _find_receiver(self, raw: events.Raw) -> None:
+    def _find_receiver(self, raw: events.Raw, batch: bytes) -> None:
         """A datagram to an address no described socket has: describe the one bound there, from /proc."""
         ev = raw.event
         kind = "unix" if raw.domain == 1 else "udp"
@@ -172,6 +172,12 @@ class Watch:
         if self.unbound.get((kind, to), 0.0) > now:
             return
         inode = self.facts.bound_at(ev.pid, kind, to)
+        if inode is None:  # the process is gone already: its socket's own first event, further on
+            for later in events.decode_from(batch, raw.offset):
+                local = later.event.local
+                if later.kind == events.DATA and later.domain == raw.domain and local and sockaddr.text(local) == to:
+                    inode = later.event.inodes[0]
+                    break
         if inode is None:
             self.unbound[(kind, to)] = now + 1.0  # not asked again for a second
             return
@@ -208,7 +214,7 @@ class Watch:
                 if ev.name in SEND_CALLS:
                     ev.ts_entry = self.entries.pop(ev.tid, ev.ts)
                     if ev.addr and ev.socktype & 0xF == 2:
-                        self._find_receiver(raw)
+                        self._find_receiver(raw, batch)
             elif kind == events.ENTRY:
                 self.entries[ev.tid] = ev.ts
                 fds = table.fds.get(ev.pid)
