@@ -217,4 +217,3 @@ def _reply_to_matches(sel: Selector, ctx: Context, owned: OwnedNames) -> bool:
         if not endpoint_matches(sel.destination, ep, call.destination, owned.of(ep.bus_name)):
             return False
     return _args_match(sel, call)
-

@@ -21,6 +21,10 @@ record and warning; the rest of it is recorded as written.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import itertools
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -261,7 +265,8 @@ class _Owner:
     """A write, and where its bytes went: the framed messages they are in, the reads that took them."""
 
     transfer: Transfer  # held so that its id() is not reused
-    framed: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end, seq) of its bytes
+    framed: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end, seq), in stream order
+    starts: list[int] = field(default_factory=list)  # the starts of ``framed``, for bisecting
     taken: int = 0  # bytes of it that framed reads have taken so far
 
 
@@ -280,8 +285,10 @@ class Framing:
         self.modes: dict[Key, Mode | None] = {}
         self.streams: dict[tuple[Key, str], _Stream] = {}
         self.conns: dict[Key, _Conn] = {}
-        self.owners: dict[int, _Owner] = {}
+        self.owners: OrderedDict[int, _Owner] = OrderedDict()
         self.segments: dict[int, tuple[Transfer, _Segments]] = {}  # id(read) -> where its bytes came from
+        self._base_of: Transfer | None = None  # the syscall whose record fields ``_base`` holds
+        self._base: dict[str, Any] = {}
 
     def mode_of(self, channel: Channel) -> Mode | None:
         """The framing of a channel (None: as written), chosen by the first rule that matches it."""
@@ -465,12 +472,14 @@ class Framing:
         owner = self.owners.get(id(transfer))
         if owner is None or owner.transfer is not transfer:
             if len(self.owners) >= MAX_OWNERS:
-                del self.owners[next(iter(self.owners))]
+                self.owners.popitem(last=False)
             owner = self.owners[id(transfer)] = _Owner(transfer)
         return owner
 
     def _own(self, transfer: Transfer, seq: int, start: int, size: int) -> None:
-        self._owner(transfer).framed.append((start, start + size, seq))
+        owner = self._owner(transfer)
+        owner.framed.append((start, start + size, seq))
+        owner.starts.append(start)
 
     def _syscalls(self, msg: _Msg) -> list[dict[str, Any]]:
         return [
@@ -540,8 +549,16 @@ class Framing:
             return ["unknown"]
         owner = self.owners.get(id(write))
         if owner is not None and owner.transfer is write and owner.framed:
-            seqs: list[int | str] = [seq for lo, hi, seq in owner.framed if lo < end and start < hi]
-            covered = sum(min(hi, end) - max(lo, start) for lo, hi, _ in owner.framed if lo < end and start < hi)
+            # a write may hold thousands of messages: start at the one holding ``start``
+            at = max(bisect.bisect_right(owner.starts, start) - 1, 0)
+            seqs: list[int | str] = []
+            covered = 0
+            for lo, hi, seq in itertools.islice(owner.framed, at, None):
+                if lo >= end:
+                    break
+                if start < hi:
+                    seqs.append(seq)
+                    covered += min(hi, end) - max(lo, start)
             if covered < end - start:
                 seqs.append("unknown")  # not framed yet (its message is still incomplete)
             return seqs
@@ -549,16 +566,18 @@ class Framing:
 
     def _data_fields(self, stream: _Stream, msg: _Msg) -> dict[str, Any]:
         last = msg.parts[-1].transfer
-        fields = data_fields(last)
+        if self._base_of is not last:  # one syscall may end many messages: its fields are built once
+            self._base_of = last
+            self._base = data_fields(dataclasses.replace(last, payload=b"", consumed=None))
+            self._base.pop("truncated", None)
+        fields = dict(self._base)
         payload = bytes(msg.head[: self.max_payload])
         fields["size"] = msg.size
         fields["payload"] = payload.hex()
-        fields.pop("truncated", None)
-        fields.pop("consumed", None)
         if len(payload) < msg.size:
             fields["truncated"] = True
         transfers = [part.transfer for part in msg.parts]
-        for side in ("sender", "destination"):
+        for side in ("sender", "destination") if len(transfers) > 1 else ():
             ends = {id(getattr(t, side)): getattr(t, side) for t in transfers}
             if len(ends) > 1:
                 first = next(iter(ends.values()))
