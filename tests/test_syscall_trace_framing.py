@@ -261,6 +261,15 @@ def test_dbus_framing_on_a_private_bus_by_its_socket_path(tmp_path: Path) -> Non
     assert ping["destination"]["bus_name"] == "org.freedesktop.DBus"
     assert ping["destination"]["comm"] == "dbus-daemon"  # the driver is the process at the socket's other end
     assert ping["channel"]["path"] == where
+    # a D-Bus policy learnt from the syscall-level trace, and the trace checked against it
+    policy = tmp_path / "policy.yaml"
+    trace = str(tmp_path / "trace.jsonl")
+    learnt = subprocess.run([*IPCPROXY, "learn", trace, "-o", str(policy)], capture_output=True, text=True, timeout=60)
+    assert learnt.returncode == 0, learnt.stderr
+    text = policy.read_text()
+    assert "component: /usr/bin/busctl" in text and "member: Ping" in text
+    checked = subprocess.run([*IPCPROXY, "check", str(policy), trace], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "0 violations" in checked.stdout, checked.stdout + checked.stderr
 
 
 GARBAGE = textwrap.dedent(
