@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import MessageType
 from ..trace.replay import Replayed
 from .decide import ORDER, Decision, OrderTracker, decide
+from .identity import peer_label
 from .model import Policy
 
 
@@ -54,6 +56,8 @@ class Report:
 
 def describe(item: Replayed) -> str:
     r = item.record
+    if item.ctx.message.type is MessageType.DATA:
+        return _describe_data(item)
     what = r.get("member") or r.get("error_name") or ""
     if r.get("interface"):
         what = f"{r['interface']}.{what}"
@@ -65,11 +69,25 @@ def describe(item: Replayed) -> str:
     return f"{text} {arrow} {peer.component}"
 
 
+def _describe_data(item: Replayed) -> str:
+    """``send write pipe fd=1 3893 B to /usr/bin/sort``, with the channel's name when it has one."""
+    r = item.record
+    channel = r.get("channel") or {}
+    where = channel.get("path") or " ".join(str(channel[k]) for k in ("local", "remote") if channel.get(k))
+    send = r.get("direction") == "send"
+    peer = peer_label(item.ctx.destination if send else item.ctx.sender)
+    text = f"data {r.get('direction')} {r.get('syscall')} {r.get('transport')} fd={r.get('fd')}"
+    if where:
+        text += f" {where}"
+    return f"{text} {r.get('size')} B {'to' if send else 'from'} {peer}"
+
+
 def check(policy: Policy, items: Iterable[Replayed]) -> Report:
     report = Report()
     order = OrderTracker(max(policy.order_n, 1))
     for item in items:
-        if item.injected or item.ctx.message.transport != "dbus":
+        data = item.ctx.message.type is MessageType.DATA
+        if item.injected or (item.ctx.message.transport != "dbus" and not data):
             continue
         report.checked += 1
         try:

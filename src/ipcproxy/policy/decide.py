@@ -11,15 +11,19 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from ..chain import Context
+from .datachannel import channel_match
+from .datamatch import limits_violation
 from .facts import Facts, facts_of
 from .identity import in_order_model, peer_fields, peer_label, peer_matches, subjects_for, symbol
-from .model import START, ArgConstraint, Policy, Rule, Subject, flow
+from .model import DATA, START, ArgConstraint, Policy, Rule, Subject, flow
 
 # kinds of decisions
 ALLOWED = "allowed"
 NO_PROFILE = "no-profile"
 NO_RULE = "no-rule"
 ARGS = "args"
+SIZE = "size"  # a data message: size or fds passed out of bounds
+PAYLOAD = "payload"  # a data message: bytes outside the pattern
 OWN = "own"
 REPLY = "reply"
 ORDER = "order"
@@ -35,11 +39,21 @@ class Decision:
     rule: Rule | None = None  # the rule that allowed it, or the nearest one that did not
     needed: str | None = None  # the rule that would allow it, in the file's notation
     ngram: tuple[str, ...] | None = None  # for order anomalies
+    errno: str | None = None  # a denied data message: the errno its syscall fails with
 
 
 def needed_rule(facts: Facts) -> Rule:
     """The narrowest rule that would let this message through."""
     peer, peer_uid = peer_fields(facts.peer)
+    if facts.data is not None:
+        return Rule(
+            direction=facts.direction,
+            type=DATA,
+            peer=peer,
+            peer_uid=peer_uid,
+            transport=facts.data.transport,
+            channel=channel_match(facts.data.transport, facts.data.channel, facts.data.fd),
+        )
     return Rule(
         direction=facts.direction,
         type=facts.type,
@@ -53,6 +67,23 @@ def needed_rule(facts: Facts) -> Rule:
 
 
 def _rule_matches_header(policy: Policy, rule: Rule, facts: Facts) -> bool:
+    if facts.data is not None:
+        data = facts.data
+        return (
+            rule.direction == facts.direction
+            and rule.type in ("any", DATA)
+            and rule.paths is None
+            and rule.path_prefix is None
+            and rule.interface is None
+            and rule.member is None
+            and rule.signature is None
+            and not rule.args
+            and (rule.transport is None or rule.transport == data.transport)
+            and (rule.channel is None or rule.channel.violation(data.channel, data.fd) is None)
+            and peer_matches(policy, rule, facts.peer)
+        )
+    if rule.type == DATA:
+        return False
     return (
         rule.direction == facts.direction
         and (rule.type == "any" or rule.type == facts.type)
@@ -65,6 +96,9 @@ def _rule_matches_header(policy: Policy, rule: Rule, facts: Facts) -> bool:
 
 
 def _args_violation(rule: Rule, facts: Facts) -> str | None:
+    if facts.data is not None:
+        broken = _limits(rule, facts)
+        return None if broken is None else broken[1]
     if not rule.args:
         return None
     args = facts.args()
@@ -77,8 +111,25 @@ def _args_violation(rule: Rule, facts: Facts) -> str | None:
     return None
 
 
+def _limits(rule: Rule, facts: Facts) -> tuple[str, str] | None:
+    data = facts.data
+    if data is None:
+        return None
+    return limits_violation(rule.size, rule.fds, rule.payload, size=data.size, nfds=data.nfds, data=data.payload)
+
+
 def widened(rule: Rule, facts: Facts) -> Rule:
-    """The rule changed just enough to accept this message's arguments."""
+    """The rule changed just enough to accept this message's arguments (or size, fds, payload)."""
+    if facts.data is not None:
+        data = facts.data
+        size = rule.size
+        if size is not None:
+            size = (min(size[0], data.size), max(size[1], data.size))
+        fds = None if rule.fds is None else max(rule.fds, data.nfds)
+        payload = rule.payload
+        if payload is not None and payload.violation(data.payload, data.size) is not None:
+            payload = None
+        return replace(rule, size=size, fds=fds, payload=payload)
     args = facts.args()
     new_args: dict[int, ArgConstraint] = {}
     for index, c in rule.args.items():
@@ -120,6 +171,31 @@ def decide(policy: Policy, ctx: Context, order: OrderTracker | None = None, adva
     facts = facts_of(ctx)
     subjects = subjects_for(policy, ctx.client)
     label = subjects[0].label if len(subjects) == 1 else ctx.client.component
+    decision = _decide(policy, ctx, facts, subjects, label, order, advance_on_deny)
+    if facts.data is not None and not decision.allowed:
+        decision.errno = _errno(policy, subjects, decision.rule)
+    return decision
+
+
+def _errno(policy: Policy, subjects: list[Subject], nearest: Rule | None) -> str:
+    """The nearest rule's errno, else the component's, else the policy's (EACCES unless it says)."""
+    if nearest is not None and nearest.errno is not None:
+        return nearest.errno
+    for subject in subjects:
+        if subject.errno is not None:
+            return subject.errno
+    return policy.errno
+
+
+def _decide(
+    policy: Policy,
+    ctx: Context,
+    facts: Facts,
+    subjects: list[Subject],
+    label: str,
+    order: OrderTracker | None,
+    advance_on_deny: bool,
+) -> Decision:
     if not subjects:
         if policy.unknown == "allow":
             return Decision(True, ALLOWED, "component has no profile; unknown components are allowed", label)
@@ -198,6 +274,18 @@ def _match_rules(policy: Policy, subjects: list[Subject], facts: Facts, label: s
                 nearest = (rule, why)
     if nearest is not None:
         rule, why = nearest
+        if facts.data is not None:
+            broken = _limits(rule, facts)
+            return Decision(
+                False,
+                broken[0] if broken else ARGS,
+                f"{label} may {facts.direction} data on this {facts.data.transport} channel "
+                f"{'to' if facts.direction == 'send' else 'from'} {peer_label(facts.peer)} within limits only: {why}"
+                + (f" (rule at line {rule.line})" if rule.line else ""),
+                label,
+                rule=rule,
+                needed=widened(rule, facts).describe(),
+            )
         return Decision(
             False,
             ARGS,
@@ -219,6 +307,12 @@ def _match_rules(policy: Policy, subjects: list[Subject], facts: Facts, label: s
 
 def _verb(facts: Facts) -> str:
     peer = peer_label(facts.peer)
+    if facts.data is not None:
+        data = facts.data
+        what = f"{data.transport} {facts.member or 'data'}"
+        if facts.direction == "send":
+            return f"send data ({what}) to {peer}"
+        return f"receive data ({what}) from {peer}"
     what = f"{facts.interface}.{facts.member}" if facts.interface else (facts.member or facts.type)
     if facts.direction == "send":
         return f"send {facts.type} {what} to {peer}"

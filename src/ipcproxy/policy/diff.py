@@ -47,7 +47,22 @@ def rule_covers(b: Rule, a: Rule) -> bool:
         want = getattr(b, key)
         if want is not None and want != getattr(a, key):
             return False
+    if not _data_covers(b, a):
+        return False
     return all(index in a.args and constraint_covers(c, a.args[index]) for index, c in b.args.items())
+
+
+def _data_covers(b: Rule, a: Rule) -> bool:
+    """Transport, channel, size, fds and payload of data rules (D-Bus rules have none of them)."""
+    if b.transport is not None and b.transport != a.transport:
+        return False
+    if b.channel is not None and not b.channel.covers(a.channel):
+        return False
+    if b.size is not None and (a.size is None or a.size[0] < b.size[0] or a.size[1] > b.size[1]):
+        return False
+    if b.fds is not None and (a.fds is None or a.fds > b.fds):
+        return False
+    return b.payload is None or b.payload.covers(a.payload)
 
 
 def _paths_cover(b: Rule, a: Rule) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .datamatch import DEFAULT_ERRNO
 from .model import FORMAT, VERSION, Policy, Rule, Subject
 
 
@@ -32,6 +33,8 @@ def dump_policy(policy: Policy, header: list[str] | None = None) -> str:
         lines.append(f"threshold: {policy.threshold}   # distinct values before an argument was generalised")
     lines.append(f"order: {policy.order_n}   # n-gram length of the order model (0: none)")
     lines.append(f"unknown: {policy.unknown}   # components without a profile: deny | allow")
+    if policy.errno != DEFAULT_ERRNO or any(r.is_data for s in policy.subjects for r in s.rules):
+        lines.append(f"errno: {policy.errno}   # a denied pipe or socket message fails its syscall with this")
     lines.append("components:")
     for subject in policy.subjects:
         lines += _subject(subject, policy.order_n)
@@ -48,6 +51,8 @@ def _subject(subject: Subject, n: int) -> list[str]:
     if subject.exe is not None:
         out.append(f"  exe: {_flow(subject.exe)}")
     out.append(f"  own: {_flow(list(subject.own))}")
+    if subject.errno is not None:
+        out.append(f"  errno: {subject.errno}")
     out.append("  rules:" if subject.rules else "  rules: []")
     for rule in subject.rules:
         out += _rule(rule, subject.messages)

@@ -1,7 +1,8 @@
 """The enforcer interceptor: a policy's decisions as verdicts in the proxy's chain.
 
 ``enforce`` denies (the proxy answers a denied call with AccessDenied naming
-the missing rule, and drops anything else); ``complain`` forwards and marks
+the missing rule, and drops anything else; the tracer fails a denied data
+message's syscall with the errno in ``notes["errno"]``); ``complain`` forwards and marks
 the violation in the trace. It fails closed: anything it cannot decide is
 denied, with the reason logged. ``reload`` (SIGHUP) swaps in a re-read
 policy only if the new file is entirely valid.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..chain import Context
-from ..model import Action, Verdict
+from ..model import Action, MessageType, Verdict
 from .decide import Decision, OrderTracker, decide
 from .loader import PolicyError, load_policy
 from .model import Policy
@@ -59,12 +60,17 @@ class Enforcer:
             log.warning(
                 "%s (message %s %s.%s)", reason, ctx.message.type.wire_name, ctx.message.interface, ctx.message.member
             )
-            return self._refuse(reason, {"policy": "undecidable"})
+            notes: dict[str, object] = {"policy": "undecidable"}
+            if ctx.message.type is MessageType.DATA:
+                notes["errno"] = self.policy.errno
+            return self._refuse(reason, notes)
         if decision.allowed:
             return None
-        notes: dict[str, object] = {"policy": decision.kind}
+        notes = {"policy": decision.kind}
         if decision.needed:
             notes["needed"] = decision.needed
+        if decision.errno is not None:
+            notes["errno"] = decision.errno  # the syscall of a denied data message fails with it
         return self._refuse(decision.reason, notes)
 
     def _refuse(self, reason: str, notes: dict[str, object]) -> Verdict:

@@ -11,7 +11,7 @@ order model are written as comments.
 from __future__ import annotations
 
 from ..model import BUS_DRIVER_NAME
-from .export_common import chosen, is_named, lost_detail, order_note
+from .export_common import bus_rules, chosen, data_note, is_named, lost_detail, order_note
 from .model import ANY, BROADCAST, SEND, Policy, Rule, Subject
 
 
@@ -62,7 +62,7 @@ def _profile(exe: str, subjects: list[Subject], bus: str) -> list[str]:
             line = f"  dbus (bind) bus={bus} name={name},"
             if line not in body:
                 body.append(line)
-        for rule in subject.rules:
+        for rule in bus_rules(subject):
             lost = lost_detail(rule)
             if rule.type not in ("any", "method_call", "signal"):
                 lost.append(f"type {rule.type}")
@@ -74,7 +74,7 @@ def _profile(exe: str, subjects: list[Subject], bus: str) -> list[str]:
                 body.append(f"  # {rule.direction} {what} ({rule.peer}): not checked: {'; '.join(lost)}")
             if line not in body:
                 body.append(line)
-        note = order_note(subject)
-        if note:
-            body.append(f"  # {subject.component}: {note}")
+        for note in (order_note(subject), data_note(subject)):
+            if note:
+                body.append(f"  # {subject.component}: {note}")
     return [*out, f"{exe} {{", *body, "}"]

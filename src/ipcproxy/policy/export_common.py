@@ -40,6 +40,18 @@ def _constraint_text(data: dict[str, object]) -> str:
     return ", ".join(f"{k} {v}" for k, v in data.items())
 
 
+def bus_rules(subject: Subject) -> list[Rule]:
+    """The rules about D-Bus messages: rules about pipes and sockets (type data) have no bus to go to."""
+    return [rule for rule in subject.rules if not rule.is_data]
+
+
+def data_note(subject: Subject) -> str | None:
+    count = sum(rule.is_data for rule in subject.rules)
+    if count:
+        return f"{count} rules about pipes and sockets (type data) are not D-Bus rules: left out"
+    return None
+
+
 def order_note(subject: Subject) -> str | None:
     if subject.order:
         return f"order model ({len(subject.order)} n-grams of calls) is not enforced"

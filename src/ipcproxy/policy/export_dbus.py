@@ -14,7 +14,7 @@ from __future__ import annotations
 import pwd
 from xml.sax.saxutils import quoteattr
 
-from .export_common import chosen, is_named, lost_detail, order_note
+from .export_common import bus_rules, chosen, data_note, is_named, lost_detail, order_note
 from .model import ANY, BROADCAST, SEND, Policy, Rule, Subject
 
 DOCTYPE = (
@@ -97,14 +97,14 @@ def _policy(uid: int, subjects: list[Subject]) -> list[str]:
             # ipcproxy governs RequestName/ReleaseName by 'own' alone; the bus also wants the call allowed
             for member in ("RequestName", "ReleaseName"):
                 _emit(out, seen, OWN_CALL.format(member=member))
-        for rule in subject.rules:
+        for rule in bus_rules(subject):
             for note in _notes(rule):
                 out.append(comment(note, "    "))
             for element in rule_elements(rule):
                 _emit(out, seen, element)
-        order = order_note(subject)
-        if order:
-            out.append(comment(f"{subject.component}: {order}", "    "))
+        for order in (order_note(subject), data_note(subject)):
+            if order:
+                out.append(comment(f"{subject.component}: {order}", "    "))
     out.append("  </policy>")
     return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 
 from ..model import BUS_DRIVER_NAME
-from .export_common import chosen, is_named, lost_detail, order_note
+from .export_common import bus_rules, chosen, data_note, is_named, lost_detail, order_note
 from .model import ANY, BROADCAST, RECEIVE, SEND, Policy, Rule, Subject
 
 
@@ -72,15 +72,15 @@ def component_arguments(subject: Subject) -> tuple[list[str], list[str]]:
     notes: list[str] = []
     for name in subject.own:
         args.append(f"--own={name}")
-    for rule in subject.rules:
+    for rule in bus_rules(subject):
         extra, why = rule_arguments(rule)
         for arg in extra:
             if arg not in args:
                 args.append(arg)
         notes += why
-    note = order_note(subject)
-    if note:
-        notes.append(note)
+    for note in (order_note(subject), data_note(subject)):
+        if note:
+            notes.append(note)
     return args, list(dict.fromkeys(notes))
 
 

@@ -7,6 +7,7 @@ whose side the message is seen from, which way it goes, and who the peer is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,18 @@ from ..model import BUS_DRIVER_NAME, Direction, Endpoint, Message, MessageType
 from .model import RECEIVE, SEND, normalise
 
 OWN_METHODS = frozenset({"RequestName", "ReleaseName"})
+
+
+@dataclass(slots=True)
+class DataFacts:
+    """What a policy looks at in a message on a pipe, FIFO or socket (its data record's fields)."""
+
+    transport: str
+    channel: Mapping[str, Any]
+    fd: int | None
+    size: int
+    nfds: int
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -30,6 +43,7 @@ class Facts:
     member: str | None
     signature: str
     message: Message
+    data: DataFacts | None = None  # a message seen at the syscall level
     _args: list[Any] | None = field(default=None, repr=False)
 
     @property
@@ -60,6 +74,8 @@ class Facts:
 
 def facts_of(ctx: Context) -> Facts:
     message = ctx.message
+    if message.type is MessageType.DATA:
+        return _data_facts(ctx)
     if ctx.direction is Direction.FROM_BUS:
         direction = RECEIVE
         peer: Endpoint | None = ctx.sender
@@ -76,4 +92,30 @@ def facts_of(ctx: Context) -> Facts:
         member=message.member,
         signature=message.signature,
         message=message,
+    )
+
+
+def _data_facts(ctx: Context) -> Facts:
+    """A data message, from the side of the process that made the call (send: its sender)."""
+    message = ctx.message
+    fields = ctx.data or {}
+    send = ctx.direction is not Direction.FROM_BUS
+    fd = fields.get("fd")
+    return Facts(
+        direction=SEND if send else RECEIVE,
+        type="data",
+        peer=ctx.destination if send else ctx.sender,
+        path=None,
+        interface=None,
+        member=message.member,
+        signature="",
+        message=message,
+        data=DataFacts(
+            transport=message.transport,
+            channel=ctx.channel or {},
+            fd=fd if isinstance(fd, int) else None,
+            size=int(fields.get("size") or len(message.raw)),
+            nfds=int(fields.get("fds") or message.unix_fds or 0),
+            payload=bytes(message.raw),
+        ),
     )

@@ -107,3 +107,50 @@ def path_generalisation(paths: list[str], threshold: int) -> tuple[tuple[str, ..
     prefix = os.path.commonprefix(unique)
     prefix = prefix[: prefix.rfind("/") + 1] or "/"
     return None, prefix
+
+
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+_CLASS_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def is_text(data: bytes) -> bool:
+    """Printable ASCII and the usual whitespace: what a regular expression of character classes can say."""
+    return all(b in _TEXT_BYTES for b in data)
+
+
+def char_classes(chars: set[str]) -> str:
+    """``[a-z0-9\\n]``-style class of the characters seen (whole ranges for letters and digits)."""
+    classes: list[str] = []
+    for name, test in (("a-z", str.islower), ("A-Z", str.isupper), ("0-9", str.isdigit)):
+        if any(c.isascii() and test(c) for c in chars):
+            classes.append(name)
+    for c in sorted(c for c in chars if not (c.isascii() and c.isalnum())):
+        classes.append(_CLASS_ESCAPES.get(c) or ("\\" + c if c in _CLASS_SPECIAL else c))
+    return f"[{''.join(classes)}]" if classes else ""
+
+
+def payload_generalisation(payloads: list[bytes], with_prefix: bool) -> tuple[bytes | None, str | None]:
+    """(prefix, regex) for the payloads of one rule.
+
+    Text becomes the character classes seen (``[a-z0-9 \\n]*``: any text of
+    the same kind, never the exact bytes, which change from run to run); a
+    prefix common to at least two different messages (cut back to a
+    separator in text) is taken to be a fixed header. ``with_prefix`` is false
+    for reads of a byte stream, which may start in the middle of a message.
+    """
+    samples = [p for p in payloads if p]
+    if not samples:
+        return None, None
+    text = all(is_text(p) for p in samples)
+    prefix: bytes | None = None
+    distinct = sorted(set(samples))
+    if with_prefix and len(distinct) >= 2:
+        common: bytes = os.path.commonprefix(distinct)  # type: ignore[assignment]
+        if text:
+            common = _cut_prefix(common.decode("ascii")).encode("ascii")
+        prefix = common or None
+    regex = None
+    if text:
+        chars = set("".join(p.decode("ascii") for p in samples))
+        regex = char_classes(chars) + "*"
+    return prefix, regex

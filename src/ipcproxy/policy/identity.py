@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from ..model import BUS_DRIVER_NAME, Endpoint
 from .facts import Facts
-from .model import ANY, BROADCAST, Policy, Rule, Subject
+from .model import ANY, BROADCAST, UNKNOWN, Policy, Rule, Subject
 
 
 def well_known(names: list[str]) -> list[str]:
     return [n for n in names if not n.startswith(":")]
+
+
+def is_known(ep: Endpoint) -> bool:
+    """Whether an endpoint names anyone: a peer of a data message may be unknown (see docs/policy.md)."""
+    return bool(ep.bus_name or ep.names or ep.exe)
 
 
 def component_of(ep: Endpoint) -> str:
@@ -58,6 +63,8 @@ def peer_matches(policy: Policy, rule: Rule, peer: Endpoint | None) -> bool:
         return _uid_ok(rule.peer_uid, peer.uid)
     if want == BROADCAST:
         return False
+    if want == UNKNOWN or not is_known(peer):
+        return want == UNKNOWN and not is_known(peer)
     if rule.peer_uid is not None and peer.uid != rule.peer_uid:
         return False
     if want in peer.names or want == peer.exe or want == component_of(peer):
@@ -69,7 +76,9 @@ def peer_matches(policy: Policy, rule: Rule, peer: Endpoint | None) -> bool:
 
 
 def peer_label(peer: Endpoint | None) -> str:
-    return BROADCAST if peer is None else component_of(peer)
+    if peer is None:
+        return BROADCAST
+    return component_of(peer) if is_known(peer) else UNKNOWN
 
 
 def peer_fields(peer: Endpoint | None) -> tuple[str, int | None]:

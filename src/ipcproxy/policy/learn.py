@@ -17,12 +17,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import Endpoint, MessageType
 from ..trace.replay import Replayed
+from .datachannel import channel_match
+from .datamatch import ChannelMatch, PayloadMatch
 from .decide import OrderTracker
-from .facts import Facts, facts_of
-from .generalise import constraint, path_generalisation
+from .facts import DataFacts, Facts, facts_of
+from .generalise import constraint, path_generalisation, payload_generalisation, size_bound
 from .identity import component_of, in_order_model, peer_fields, symbol
-from .model import ArgConstraint, Policy, Rule, Subject
+from .model import ANY, DATA, UNKNOWN, ArgConstraint, Policy, Rule, Subject
+
+# channels whose receiving end is inherited by forked children: who holds it when a write starts is a
+# matter of timing (a forked child runs its parent's program until it execs; several processes may hold
+# it), so a learnt send on them names no peer; the reader's receive rule names the writer exactly
+_INHERITED = frozenset({"pipe", "fifo"})
+_STREAMS = frozenset({"pipe", "fifo", "tcp"})
+MIN_SIZE_BOUND = 64  # small messages vary in length from run to run; no bound below this is learnt
 
 
 @dataclass(slots=True)
@@ -35,6 +45,26 @@ class _Group:
 
 
 @dataclass(slots=True)
+class _DataGroup:
+    """Every observation of one data rule: transport, channel, peer."""
+
+    count: int = 0
+    sizes: list[int] = field(default_factory=list)
+    fds: int = 0
+    payloads: list[bytes] = field(default_factory=list)
+    stream: bool = True
+
+    def add(self, data: DataFacts, counted: bool) -> None:
+        self.count += counted
+        self.sizes.append(data.size)
+        self.fds = max(self.fds, data.nfds)
+        self.payloads.append(data.payload)
+
+
+DataKey = tuple[str, str, int | None, str, ChannelMatch]  # direction, peer, peer uid, transport, channel
+
+
+@dataclass(slots=True)
 class _SubjectStats:
     component: str
     uid: int | None
@@ -43,7 +73,9 @@ class _SubjectStats:
     replies: int = 0
     own: Counter[str] = field(default_factory=Counter)
     groups: dict[tuple[Any, ...], _Group] = field(default_factory=dict)
+    data_groups: dict[DataKey, _DataGroup] = field(default_factory=dict)
     grams: set[tuple[str, ...]] = field(default_factory=set)
+    dbus: bool = False  # whether it sent or received D-Bus messages (an order model is about those)
 
 
 @dataclass(slots=True)
@@ -73,8 +105,8 @@ class Learner:
         self.skipped = 0
 
     def feed(self, item: Replayed) -> None:
-        if item.ctx.message.transport != "dbus":
-            return  # policies speak about D-Bus messages only, for now
+        if item.ctx.message.transport != "dbus" and item.ctx.message.type is not MessageType.DATA:
+            return
         if item.injected or not item.passed:
             self.skipped += 1  # answers the proxy made up, and messages that never got through
             return
@@ -89,6 +121,13 @@ class Learner:
         self.messages += 1
         stats.messages += 1
         facts = facts_of(ctx)
+        if facts.data is not None:
+            if self.coarse:
+                self._group(stats, facts)
+            else:
+                self._group_data(stats, facts, facts.data, item.peer_aliases)
+            return
+        stats.dbus = True
         if facts.is_reply:
             stats.replies += 1
             return
@@ -126,6 +165,44 @@ class Learner:
         except Exception:  # noqa: BLE001 - arguments not recorded or undecodable: learn no constraint
             group.samples = None
 
+    def _group_data(self, stats: _SubjectStats, facts: Facts, data: DataFacts, aliases: tuple[Endpoint, ...]) -> None:
+        """One data message: its rule, plus the peers the same message could show live (see docs/policy.md)."""
+        channel = channel_match(data.transport, data.channel, data.fd)
+        stream = data.transport in _STREAMS or data.channel.get("socktype") == "stream"
+        inherited = data.transport in _INHERITED or (data.transport == "unix" and not data.channel.get("path"))
+        peers: list[tuple[str, int | None]]
+        if facts.direction == "send" and inherited:
+            peers = [(ANY, None)]
+        else:
+            peers = [peer_fields(facts.peer), *(peer_fields(ep) for ep in aliases)]
+        seen: set[tuple[str, int | None]] = set()
+        for index, (peer, peer_uid) in enumerate(peers):
+            if (peer, peer_uid) in seen:
+                continue
+            seen.add((peer, peer_uid))
+            key: DataKey = (facts.direction, peer, peer_uid, data.transport, channel)
+            group = stats.data_groups.get(key)
+            if group is None:
+                group = stats.data_groups[key] = _DataGroup(stream=stream)
+            group.add(data, counted=index == 0)
+
+    def _data_rule(self, key: DataKey, group: _DataGroup) -> Rule:
+        direction, peer, peer_uid, transport, channel = key
+        whole = direction == "send" or not group.stream  # a stream read returns whatever was queued
+        prefix, regex = payload_generalisation(group.payloads, with_prefix=whole)
+        return Rule(
+            direction=direction,
+            type=DATA,
+            peer=peer,
+            peer_uid=peer_uid,
+            transport=transport,
+            channel=channel if channel.to_dict() else None,
+            size=(0, max(MIN_SIZE_BOUND, size_bound(max(group.sizes)))) if whole and group.sizes else None,
+            fds=group.fds,
+            payload=PayloadMatch(prefix, regex) if prefix is not None or regex is not None else None,
+            count=group.count,
+        )
+
     def policy(self) -> Policy:
         policy = Policy(order_n=self.ngram, threshold=self.threshold)
         for key in sorted(self.subjects, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
@@ -136,10 +213,12 @@ class Learner:
                 exe=stats.exe,
                 own=sorted(stats.own),
                 messages=stats.messages,
-                order=set(stats.grams) if self.ngram else None,
+                order=set(stats.grams) if self.ngram and stats.dbus else None,
             )
             for gkey in sorted(stats.groups, key=_sort_key):
                 subject.rules.append(self._rule(gkey, stats.groups[gkey]))
+            for dkey in sorted(stats.data_groups, key=_data_sort_key):
+                subject.rules.append(self._data_rule(dkey, stats.data_groups[dkey]))
             policy.subjects.append(subject)
         return policy
 
@@ -192,6 +271,12 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:
     direction, mtype, peer, peer_uid, interface, member, signature = key
     parts = (direction == "receive", peer, peer_uid, interface, member, mtype, signature)
     return tuple("" if part is None else str(part) for part in parts)
+
+
+def _data_sort_key(key: DataKey) -> tuple[str, ...]:
+    """Sent before received, then by transport, channel and peer (unknown peers last)."""
+    direction, peer, peer_uid, transport, channel = key
+    return (str(direction == "receive"), transport, repr(channel.to_dict()), str(peer == UNKNOWN), peer, str(peer_uid))
 
 
 def learn(items: Iterable[Replayed], threshold: int = 5, ngram: int = 2, coarse: bool = False) -> Learner:

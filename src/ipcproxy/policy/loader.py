@@ -15,8 +15,10 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .. import yamlfile
 from ..yamlfile import kind as _kind
+from .datamatch import CHANNEL_KEYS, SOCKTYPES, TRANSPORTS, ChannelMatch, PayloadMatch, is_errno
 from .model import (
     ANY,
+    DATA,
     DIRECTIONS,
     FORMAT,
     RULE_TYPES,
@@ -33,8 +35,11 @@ class PolicyError(yamlfile.YamlFileError):
     """A policy file that cannot be used; the text is ``file:line: reason``."""
 
 
-TOP_KEYS = ("format", "version", "threshold", "order", "unknown", "components")
-SUBJECT_KEYS = ("component", "uid", "exe", "own", "rules", "order")
+TOP_KEYS = ("format", "version", "threshold", "order", "unknown", "errno", "components")
+SUBJECT_KEYS = ("component", "uid", "exe", "own", "rules", "order", "errno")
+DBUS_RULE_KEYS = ("path", "path_prefix", "interface", "member", "signature", "args")
+DATA_RULE_KEYS = ("transport", "channel", "size", "fds", "payload", "errno")
+PAYLOAD_KEYS = ("prefix", "regex")
 RULE_KEYS = (
     *DIRECTIONS,
     "to",
@@ -46,6 +51,7 @@ RULE_KEYS = (
     "member",
     "signature",
     "args",
+    *DATA_RULE_KEYS,
 )
 CONSTRAINT_KEYS = ("values", "range", "pattern", "max_len")
 
@@ -146,6 +152,8 @@ class _Reader:
             if unknown not in ("deny", "allow"):
                 raise self.fail(top["unknown"][1], f"unknown must be 'deny' or 'allow', not {unknown!r}")
             policy.unknown = unknown
+        if "errno" in top:
+            policy.errno = self.errno(top["errno"][1])
         if "components" not in top:
             raise self.fail(root, "missing 'components' (the list of component profiles)")
         components = top["components"][1]
@@ -180,7 +188,15 @@ class _Reader:
                 subject.rules = [self.rule(item) for item in rules.value]
         if "order" in fields:
             subject.order = self.order(fields["order"][1], order_n)
+        if "errno" in fields:
+            subject.errno = self.errno(fields["errno"][1])
         return subject
+
+    def errno(self, node: Node) -> str:
+        name = self.string(node, "errno")
+        if not is_errno(name):
+            raise self.fail(node, f"errno {name!r} is not an errno name (e.g. EACCES, EPERM)")
+        return name
 
     def _items(self, node: Node, what: str) -> list[Node]:
         if isinstance(node, ScalarNode) and self.value(node) is None:
@@ -244,7 +260,78 @@ class _Reader:
             rule.signature = "" if value is None else self.string(fields["signature"][1], "signature", _SIGNATURE)
         if "args" in fields:
             rule.args = self.args(fields["args"][1])
+        wrong = [k for k in (DBUS_RULE_KEYS if mtype == DATA else DATA_RULE_KEYS) if k in fields]
+        if wrong:
+            kind = "a data rule (pipes, sockets)" if mtype == DATA else f"a {mtype} rule (D-Bus)"
+            raise self.fail(fields[wrong[0]][0], f"{wrong[0]!r} does not apply to {kind}")
+        if mtype == DATA:
+            self.data_rule(rule, fields)
         return rule
+
+    def data_rule(self, rule: Rule, fields: dict[str, tuple[Node, Node]]) -> None:
+        if "transport" in fields:
+            node = fields["transport"][1]
+            transport = self.string(node, "transport")
+            if transport not in TRANSPORTS:
+                raise self.fail(node, f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+            rule.transport = transport
+        if "channel" in fields:
+            rule.channel = self.channel(fields["channel"][1])
+        if "size" in fields:
+            node = fields["size"][1]
+            bounds = self.value(node)
+            if (
+                not isinstance(bounds, list)
+                or len(bounds) != 2
+                or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bounds)
+            ):
+                raise self.fail(node, "size must be [low, high], two byte counts")
+            if bounds[0] > bounds[1]:
+                raise self.fail(node, f"size {bounds}: low is above high")
+            rule.size = (bounds[0], bounds[1])
+        if "fds" in fields:
+            rule.fds = self.integer(fields["fds"][1], "fds (most file descriptors passed)", 0)
+        if "payload" in fields:
+            rule.payload = self.payload(fields["payload"][1])
+        if "errno" in fields:
+            rule.errno = self.errno(fields["errno"][1])
+
+    def channel(self, node: Node) -> ChannelMatch:
+        fields = self.mapping(node, "channel", CHANNEL_KEYS)
+        values: dict[str, object] = {}
+        for key in ("path", "local", "remote"):
+            if key in fields:
+                values[key] = self.string(fields[key][1], f"channel {key}")
+        if "socktype" in fields:
+            socktype = self.string(fields["socktype"][1], "channel socktype")
+            if socktype not in SOCKTYPES:
+                raise self.fail(fields["socktype"][1], f"socktype {socktype!r} is not one of {', '.join(SOCKTYPES)}")
+            values["socktype"] = socktype
+        if "fd" in fields:
+            values["fd"] = self.integer(fields["fd"][1], "channel fd", 0)
+        return ChannelMatch(**values)  # type: ignore[arg-type]
+
+    def payload(self, node: Node) -> PayloadMatch:
+        fields = self.mapping(node, "payload", PAYLOAD_KEYS)
+        if not fields:
+            raise self.fail(node, "empty payload constraint (give prefix or regex)")
+        match = PayloadMatch()
+        if "prefix" in fields:
+            prefix_node = fields["prefix"][1]
+            text = self.string(prefix_node, "payload prefix")
+            try:
+                match.prefix = text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise self.fail(prefix_node, "payload prefix: one character per byte (\\x00-\\xff) only") from None
+        if "regex" in fields:
+            regex_node = fields["regex"][1]
+            regex = self.string(regex_node, "payload regex")
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise self.fail(regex_node, f"payload regex {regex!r} is not a regular expression: {exc}") from None
+            match.regex = regex
+        return match
 
     def args(self, node: Node) -> dict[int, ArgConstraint]:
         if not isinstance(node, MappingNode):

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datamatch import DEFAULT_ERRNO, ChannelMatch, PayloadMatch
+
 FORMAT = "ipcproxy-policy"
 VERSION = 1
 ANY = "*"  # any peer / any message type
@@ -22,7 +24,9 @@ SEND = "send"
 RECEIVE = "receive"
 DIRECTIONS = (SEND, RECEIVE)
 MESSAGE_TYPES = ("method_call", "signal", "method_return", "error")
-RULE_TYPES = (*MESSAGE_TYPES, "any")
+DATA = "data"  # a message on a pipe, FIFO or socket, seen at the syscall level
+RULE_TYPES = (*MESSAGE_TYPES, DATA, "any")
+UNKNOWN = "unknown"  # the peer of a data message that is not known (not traced, several processes)
 UNIQUE_PLACEHOLDER = ":*"
 
 # a unique connection name (":1.42") standing on its own inside a string
@@ -120,6 +124,13 @@ class Rule:
     member: str | None = None
     signature: str | None = None
     args: dict[int, ArgConstraint] = field(default_factory=dict)
+    # data messages (type: data): which transport and channel, size range, fds passed, payload, errno
+    transport: str | None = None
+    channel: ChannelMatch | None = None
+    size: tuple[int, int] | None = None
+    fds: int | None = None  # at most this many file descriptors passed
+    payload: PayloadMatch | None = None
+    errno: str | None = None  # the errno of a denial this rule is the nearest miss of
     count: int = field(default=0, compare=False)  # how often the learner saw it (written as a comment)
     line: int | None = field(default=None, compare=False)  # where it was read from
 
@@ -135,7 +146,13 @@ class Rule:
             self.interface,
             self.member,
             self.signature,
+            self.transport,
+            self.channel,
         )
+
+    @property
+    def is_data(self) -> bool:
+        return self.type == DATA
 
     def path_ok(self, path: str | None) -> bool:
         if self.paths is not None and path not in self.paths:
@@ -161,6 +178,18 @@ class Rule:
                 out[key] = value
         if self.args:
             out["args"] = {index: c.to_dict() for index, c in sorted(self.args.items())}
+        if self.transport is not None:
+            out["transport"] = self.transport
+        if self.channel is not None and self.channel.to_dict():
+            out["channel"] = self.channel.to_dict()
+        if self.size is not None:
+            out["size"] = list(self.size)
+        if self.fds is not None:
+            out["fds"] = self.fds
+        if self.payload is not None and self.payload.to_dict():
+            out["payload"] = self.payload.to_dict()
+        if self.errno is not None:
+            out["errno"] = self.errno
         return out
 
     def describe(self) -> str:
@@ -195,6 +224,7 @@ class Subject:
     own: list[str] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
     order: set[tuple[str, ...]] | None = None  # allowed n-grams of sent method calls; None: no order model
+    errno: str | None = None  # errno of its denied data messages (default: the policy's)
     messages: int = field(default=0, compare=False)  # how many messages the learner saw (comment only)
     line: int | None = field(default=None, compare=False)
 
@@ -214,6 +244,7 @@ class Policy:
     order_n: int = 0  # length of the order model's n-grams; 0: none
     threshold: int | None = None  # the learner's generalisation threshold (informational)
     unknown: str = "deny"  # components without a profile: deny | allow
+    errno: str = DEFAULT_ERRNO  # how a denied data message's syscall fails
     source: str | None = None  # file it was read from
 
     def subject(self, component: str, uid: int | None) -> Subject | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..chain import Context
 from ..model import BUS_DRIVER_NAME, Direction, Endpoint, Message, MessageType
+from ..syscall.intercept import data_context, is_data_record
 from .reader import iter_trace
 from .record_message import UnrecordedArgs, message_from_record
 
@@ -37,6 +38,8 @@ class Replayed:
     record: dict[str, Any]
     ctx: Context
     recorded: str  # action of the recorded verdict: forwarded, denied, violation, injected, ...
+    # a data message: the other identities its peer's process had in the trace (before or after an exec)
+    peer_aliases: tuple[Endpoint, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -205,13 +208,53 @@ def replay(
 
     for index, path in enumerate(paths):
         identities = _Identities()
+        processes = _Processes()
         for record in iter_trace(path, warn=lambda _text: None):
-            identities.gather(record)
+            if is_data_record(record):
+                processes.gather(record)
+            else:
+                identities.gather(record)
         calls = _Calls()
         for record in iter_trace(path, warn=warn):
             if record.get("type") not in _TYPES or "direction" not in record:
                 continue  # events, and kinds of records this version does not know
+            if is_data_record(record):
+                yield _data(path, record, processes)
+                continue
             yield from _contexts(path, index, record, identities, calls, conn_id)
+
+
+class _Processes:
+    """Every identity each process of a syscall trace had (a forked child is its parent's exe until it execs)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, dict[tuple[str, int | None], Endpoint]] = {}
+
+    def note(self, data: dict[str, Any] | None) -> None:
+        if not data or not isinstance(data.get("pid"), int) or not data.get("exe"):
+            return
+        key = (str(data["exe"]), data.get("uid"))
+        found = self.seen.setdefault(data["pid"], {})
+        if key not in found:
+            found[key] = Endpoint(pid=data["pid"], uid=data.get("uid"), exe=key[0], comm=data.get("comm"))
+
+    def gather(self, record: dict[str, Any]) -> None:
+        self.note(record.get("sender"))
+        self.note(record.get("destination"))
+
+    def aliases(self, data: dict[str, Any] | None) -> tuple[Endpoint, ...]:
+        if not data or not isinstance(data.get("pid"), int):
+            return ()
+        own = (data.get("exe"), data.get("uid"))
+        found = self.seen.get(data["pid"], {})
+        return tuple(ep for key, ep in found.items() if key != own)
+
+
+def _data(path: str, record: dict[str, Any], processes: _Processes) -> Replayed:
+    """A data record, through the one conversion the live tracer uses too (syscall.intercept)."""
+    ctx = data_context(record)
+    peer = record.get("destination") if record.get("direction") == "send" else record.get("sender")
+    return Replayed(path, record, ctx, recorded_action(record), processes.aliases(peer))
 
 
 def _contexts(
