@@ -32,7 +32,9 @@ from .model import ANY, DATA, UNKNOWN, ArgConstraint, Policy, Rule, Subject
 # it), so a learnt send on them names no peer; the reader's receive rule names the writer exactly
 _INHERITED = frozenset({"pipe", "fifo"})
 _STREAMS = frozenset({"pipe", "fifo", "tcp"})
-MIN_SIZE_BOUND = 64  # small messages vary in length from run to run; no bound below this is learnt
+# sizes vary with the input from run to run: the bound is twice the largest seen, to the next power of
+# two, and never below a page
+MIN_SIZE_BOUND = 4096
 
 
 @dataclass(slots=True)
@@ -197,7 +199,7 @@ class Learner:
             peer_uid=peer_uid,
             transport=transport,
             channel=channel if channel.to_dict() else None,
-            size=(0, max(MIN_SIZE_BOUND, size_bound(max(group.sizes)))) if whole and group.sizes else None,
+            size=(0, max(MIN_SIZE_BOUND, size_bound(2 * max(group.sizes)))) if whole and group.sizes else None,
             fds=group.fds,
             payload=PayloadMatch(prefix, regex) if prefix is not None or regex is not None else None,
             count=group.count,
