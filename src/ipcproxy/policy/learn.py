@@ -27,9 +27,10 @@ from .generalise import constraint, path_generalisation, payload_generalisation,
 from .identity import component_of, in_order_model, peer_fields, symbol
 from .model import ANY, DATA, UNKNOWN, ArgConstraint, Policy, Rule, Subject
 
-# channels whose receiving end is inherited by forked children: who holds it when a write starts is a
-# matter of timing (a forked child runs its parent's program until it execs; several processes may hold
-# it), so a learnt send on them names no peer; the reader's receive rule names the writer exactly
+# channels whose ends are inherited by forked children: who is at the other end when a call is decided is
+# a matter of timing (a forked child runs its parent's program until it execs; several processes may hold
+# an end; a read may return before the write that fed it is seen to end), so a learnt rule on them names
+# no peer: each side is judged as itself (exactly: it is the caller), by the fd and transport it uses
 _INHERITED = frozenset({"pipe", "fifo"})
 _STREAMS = frozenset({"pipe", "fifo", "tcp"})
 # sizes vary with the input from run to run: the bound is twice the largest seen, to the next power of
@@ -172,11 +173,9 @@ class Learner:
         channel = channel_match(data.transport, data.channel, data.fd)
         stream = data.transport in _STREAMS or data.channel.get("socktype") == "stream"
         inherited = data.transport in _INHERITED or (data.transport == "unix" and not data.channel.get("path"))
-        peers: list[tuple[str, int | None]]
-        if facts.direction == "send" and inherited:
-            peers = [(ANY, None)]
-        else:
-            peers = [peer_fields(facts.peer), *(peer_fields(ep) for ep in aliases)]
+        peers: list[tuple[str, int | None]] = (
+            [(ANY, None)] if inherited else [peer_fields(facts.peer), *(peer_fields(ep) for ep in aliases)]
+        )
         seen: set[tuple[str, int | None]] = set()
         for index, (peer, peer_uid) in enumerate(peers):
             if (peer, peer_uid) in seen:
