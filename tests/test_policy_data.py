@@ -297,7 +297,7 @@ POOL = textwrap.dedent(
         if len(sys.argv) > 2:
             a, b = socket.socketpair()
             a.sendall(b"exfiltrate")
-            b.recv(100)
+            print("sent", b.recv(100))
     """
 )
 
@@ -315,7 +315,8 @@ def test_multiprocessing_pool_learnt_then_checked(tmp_path: Path) -> None:
     run3 = trace(tmp_path / "run3.jsonl", f"{PYTHON} {script} 200 misuse")
     status, findings = check(policy, run3)
     assert status == 1
-    assert findings and all(f["kind"] == "no-rule" and "unix" in f["message"] for f in findings), findings
+    unix = [f for f in findings if " unix " in f["message"]]
+    assert unix and all(f["kind"] == "no-rule" for f in unix), findings
 
 
 @real
