@@ -28,6 +28,7 @@ NAMES: tuple[str, ...] = (
     "campaign",
     "diff",
     "report",
+    "serve",
 )
 
 

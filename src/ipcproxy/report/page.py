@@ -19,7 +19,7 @@ import msgspec
 
 # the libraries, in load order (scripts/vendor-js.sh copies them from npm; versions in vendor/package-lock.json)
 LIBRARIES = ("cytoscape.min.js", "chart.umd.min.js")
-SCRIPTS = ("app.js",)
+SCRIPTS = ("app.js", "campaign.js", "policy.js", "live.js")
 
 _encoder = msgspec.json.Encoder()
 
@@ -39,8 +39,8 @@ def _script(text: str) -> str:
     return "<script>\n" + text.replace("</script", "<\\/script") + "\n</script>"
 
 
-def render(model: dict[str, Any], details: list[dict[str, Any]] | None = None, live: bool = False) -> str:
-    """The page for ``model`` (``details``: the full records of its rows; ``live``: fetch them from the server)."""
+def render(model: dict[str, Any], details: list[Any] | None = None, live: bool = False) -> str:
+    """The page for ``model``: ``details`` are the full records of its rows (per trace, for a campaign); ``live``: streamed."""
     libs = "\n".join(_script(_asset("vendor", name)) for name in LIBRARIES)
     app = "\n".join(_asset("static", name) for name in SCRIPTS)
     if live:

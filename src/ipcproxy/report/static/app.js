@@ -188,6 +188,11 @@
       if (top < this.scroll.scrollTop || top > this.scroll.scrollTop + view - this.rowH) {
         this.scroll.scrollTop = Math.max(0, top - view / 3);
       }
+      // and sideways, so that both ends of the arrow are in view when they fit
+      const c = this.trace.cols, a = this.laneOf[c.src[row]], b = this.laneOf[c.dst[row]];
+      const x1 = LEFT + Math.min(a, b) * this.laneW, x2 = LEFT + (Math.max(a, b) + 1) * this.laneW;
+      const sl = this.scroll.scrollLeft, width = this.scroll.clientWidth;
+      if (x1 - LEFT < sl || x2 > sl + width) this.scroll.scrollLeft = Math.max(0, x1 - LEFT - Math.max(0, (width - LEFT - (x2 - x1)) / 2));
       this.request();
     }
 
@@ -602,10 +607,10 @@
 
   /* ------------------------------------------------------------------ the page */
   class App {
-    constructor(model, detailsSource) {
+    constructor(model) {
       this.model = model;
       this.trace = new Trace(model.trace || model, null);
-      this.trace.detailsSource = detailsSource;
+      this.trace.detailsSource = model.kind === 'campaign' ? () => this.details()[0] || [] : () => this.details();
       this.rows = new Int32Array(0);
       this.tab = 'sequence';
       this.dirty = { graph: true, stats: true };
@@ -619,13 +624,40 @@
       document.getElementById('zoom-out').addEventListener('click', () => this.seq.zoom(1 / 1.25));
       document.getElementById('wider').addEventListener('click', () => this.seq.widen(1.25));
       document.getElementById('narrower').addEventListener('click', () => this.seq.widen(1 / 1.25));
-      const tabs = ['sequence', 'graph', 'stats'];
+      const tabs = model.kind === 'policy' ? [] : ['sequence', 'graph', 'stats'];
       if (model.campaign) tabs.unshift('campaign');
       if (model.policy) tabs.push('policy');
       const nav = document.getElementById('tabs');
       for (const name of tabs) nav.append(el('button', { type: 'button', 'data-tab': name, onclick: () => this.show(name) }, name));
       this.refresh();
       this.show(tabs[0]);
+    }
+
+    details() {
+      // the full records, parsed on first use: a large trace paints without waiting for them
+      if (!this.parsed) this.parsed = loadJSON('details') || [];
+      return this.parsed;
+    }
+
+    setTrace(trace) {
+      // another trace in the same views (a campaign's run); the filters stay as they are
+      this.trace = trace;
+      this.seq.trace = trace;
+      this.seq.selected = -1;
+      this.filters.trace = trace;
+      this.filters.options();
+      this.refresh();
+    }
+
+    showSeq(seq) {
+      // the sequence diagram at the message numbered seq (a policy violation, a campaign's divergence)
+      const c = this.trace.cols;
+      let row = -1;
+      for (let i = 0; i < this.trace.n; i++) if (c.seq[i] === seq) { row = i; break; }
+      if (row < 0) return;
+      if (this.seq.position(row) < 0) this.filters.reset();
+      this.show('sequence');
+      requestAnimationFrame(() => this.select(row, true));
     }
 
     refresh() {
@@ -637,8 +669,8 @@
       shown.dataset.messages = String(this.rows.length);
       shown.dataset.lifelines = String(this.seq.lanes.length);
       const sum = document.getElementById('summary');
-      sum.textContent = this.trace.n + ' messages · ' + this.trace.lifelines.length + ' components' +
-        (this.model.truncated ? ' · (cut: only the first ' + this.trace.n + ' messages)' : '');
+      sum.textContent = this.model.kind === 'policy' ? 'policy' : (this.trace.n + ' messages · ' + this.trace.lifelines.length +
+        ' components' + (this.trace.model.truncated ? ' · (cut: only the first ' + this.trace.n + ' messages)' : ''));
       sum.dataset.messages = String(this.trace.n);
       sum.dataset.lifelines = String(this.trace.lifelines.length);
       this.renderTab();
@@ -699,7 +731,6 @@
     grow(part, details) {
       // the live view: new rows (and, when names changed, everything again)
       if (part.start === 0) this.trace.reset(part, details); else this.trace.append(part, details);
-      this.model.truncated = part.truncated;
       this.filters.options();
       const atEnd = this.seq.scroll.scrollTop + this.seq.scroll.clientHeight >= this.seq.scroll.scrollHeight - 4;
       this.refresh();
@@ -707,12 +738,13 @@
     }
   }
 
-  window.ipcReportLib = { Trace, SeqView, drawGraph, el, fmtBytes, fmtMs, shortName, KIND_LABELS, VERDICT_LABELS, VERDICT_COLORS };
+  window.ipcReportLib = { Trace, SeqView, drawGraph, describe, el, fmtBytes, fmtMs, shortName, KIND_LABELS, VERDICT_LABELS,
+    VERDICT_COLORS };
 
   function start() {
     const model = loadJSON('model');
     if (!model) return;
-    const app = new App(model, () => loadJSON('details') || []);
+    const app = new App(model);
     window.ipcReport = {
       app,
       counts: () => ({ messages: app.trace.n, lifelines: app.trace.lifelines.length, shown: app.rows.length,
@@ -722,8 +754,8 @@
       scrollTo: (pos) => { app.seq.scroll.scrollTop = pos * app.seq.rowH; app.seq.render(); return app.seq.rowY(pos); },
       drawn: () => app.seq.drawn,
       graph: () => (app.cy ? { nodes: app.cy.nodes().length, edges: app.cy.edges().length } : null),
-      firstPaint: performance.now(),
     };
+    window.ipcCampaignView = () => app.campaignView;
     if (window.ipcLive) window.ipcLive(app);
   }
 
