@@ -1,9 +1,11 @@
-/* Ping-pong between two processes: N round trips of SIZE bytes over a pipe pair or a socketpair.
+/* Ping-pong between two processes: N round trips of SIZE bytes over a pipe pair, a socketpair,
+ * or a Unix stream socket (bound to a path, connected, accepted).
  * The workload of bench/syscall_trace.py: one write and one read per message on each side. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,9 +21,24 @@ static void full(int fd, char *buf, size_t n, int out) {
     }
 }
 
+/* A connected pair through a listening socket at a fresh path: [0] the accepted end, [1] the client's. */
+static int unix_pair(int sv[2]) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "/tmp/pingpong-%d.sock", (int)getpid());
+    unlink(addr.sun_path);
+    int listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) || listen(listener, 1)) return -1;
+    sv[1] = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (sv[1] < 0 || connect(sv[1], (struct sockaddr *)&addr, sizeof addr)) return -1;
+    sv[0] = accept(listener, NULL, NULL);
+    close(listener);
+    unlink(addr.sun_path);
+    return sv[0] < 0 ? -1 : 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4 || (strcmp(argv[1], "pipe") && strcmp(argv[1], "socketpair"))) {
-        fprintf(stderr, "usage: pingpong pipe|socketpair ROUNDS SIZE\n");
+    if (argc != 4 || (strcmp(argv[1], "pipe") && strcmp(argv[1], "socketpair") && strcmp(argv[1], "unix"))) {
+        fprintf(stderr, "usage: pingpong pipe|socketpair|unix ROUNDS SIZE\n");
         return 2;
     }
     long rounds = atol(argv[2]);
@@ -32,7 +49,8 @@ int main(int argc, char **argv) {
         if (pipe(to_child) || pipe(to_parent)) return perror("pipe"), 1;
     } else {
         int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return perror("socketpair"), 1;
+        if (!strcmp(argv[1], "socketpair") ? socketpair(AF_UNIX, SOCK_STREAM, 0, sv) : unix_pair(sv))
+            return perror(argv[1]), 1;
         to_child[0] = sv[1], to_child[1] = sv[0], to_parent[0] = sv[0], to_parent[1] = sv[1];
     }
     pid_t pid = fork();

@@ -61,7 +61,6 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..errors import InputError
     from ..model import Endpoint
     from ..outputs import OutputRules
-    from ..runtime import CaptureOptions, live_printer
     from ..syscall.framing import Framing, parse_rule
     from ..syscall.procfs import SystemFacts
     from ..syscall.tracer import SyscallTrace
@@ -85,7 +84,12 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if args.framing:
             origin["framing"] = list(args.framing)
         sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin), OutputRules.from_args(args)))
-    recorder = Recorder(sinks, lambda name: Endpoint(), live_printer(CaptureOptions(quiet=args.quiet)))
+    live = None
+    if not args.quiet:  # the runtime (asyncio, the D-Bus side) is imported only for the live view: -q starts faster
+        from ..runtime import CaptureOptions, live_printer
+
+        live = live_printer(CaptureOptions(quiet=False))
+    recorder = Recorder(sinks, lambda name: Endpoint(), live)
     framing = None
     if rules:
         framing = Framing(

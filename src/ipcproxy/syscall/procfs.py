@@ -18,8 +18,6 @@ import stat
 import struct
 from typing import TextIO
 
-import psutil
-
 from ..model import Endpoint
 from .channels import Channel
 
@@ -204,6 +202,8 @@ class SystemFacts:
 
 
 def _endpoint(pid: int) -> Endpoint:
+    import psutil  # here: most processes are described by the stop loop, and psutil takes long to import
+
     endpoint = Endpoint(pid=pid)
     try:
         process = psutil.Process(pid)
