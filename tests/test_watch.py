@@ -454,3 +454,70 @@ def test_busctl_clients_of_a_private_dbus_daemon(watched: Any, bus: Any) -> None
     replies = [r for r in on_bus if r["direction"] == "recv" and r["sender"].get("pid") == daemon]
     assert {r["pid"] for r in replies} == {r["pid"] for r in calls}
     assert all(r["channel"]["peer_pid"] == daemon for r in on_bus)
+
+
+@pytest.mark.skipif(shutil.which("busctl") is None, reason="needs busctl")
+def test_dbus_framing_decodes_what_the_proxy_records(tmp_path: Path) -> None:
+    """The same busctl call, seen by the proxy in front of the bus and by a watch of the bus socket."""
+    gate, proxy_trace, seen_trace = tmp_path / "gate", tmp_path / "proxy.jsonl", tmp_path / "watch.jsonl"
+    os.mkfifo(gate)
+    call = "busctl --user call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetNameOwner s org.freedesktop.DBus"
+    run = subprocess.Popen(
+        [*IPCPROXY, "run", "-q", "-w", str(proxy_trace), "--", "sh", "-c", f'read go < "$0"; exec {call}', str(gate)],
+        start_new_session=True,
+    )
+    watch = subprocess.Popen(
+        [
+            *IPCPROXY,
+            "watch",
+            "-w",
+            str(seen_trace),
+            "--pid",
+            str(run.pid),
+            "--comm",
+            "busctl",
+            "--framing",
+            "unix=dbus",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: seen_trace.exists() and "watch_start" in seen_trace.read_text(), timeout=60, what="watch_start"
+        )
+        gate.write_text("go\n")
+        assert run.wait(timeout=TIMEOUT) == 0
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=TIMEOUT)
+        assert "framing ends" not in err
+    finally:
+        for proc in (run, watch):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    seen = read_trace(seen_trace)
+    ours = [r for r in seen if r.get("transport") == "dbus"]
+    assert ours and all(r["framing"] == "dbus" for r in ours)
+    hello_reply = next(r for r in ours if r["type"] == "method_return" and r["reply_serial"] == 1)
+    unique = hello_reply["args"][0]
+    recorded = read_trace(proxy_trace)
+    conn = next(r["connection"] for r in recorded if r.get("destination", {}).get("bus_name") == unique)
+    theirs = [r for r in recorded if r.get("connection") == conn and r.get("transport") == "dbus"]
+
+    def view(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            r["type"],
+            r.get("serial"),
+            r.get("reply_serial"),
+            r.get("path"),
+            r.get("interface"),
+            r.get("member"),
+            r.get("args"),
+        )
+
+    for direction in ("to_bus", "from_bus"):
+        assert [view(r) for r in ours if r["direction"] == direction] == [
+            view(r) for r in theirs if r["direction"] == direction
+        ], direction
+    assert {r["member"] for r in ours if r["direction"] == "to_bus"} >= {"Hello", "GetNameOwner"}

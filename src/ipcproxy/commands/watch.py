@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 
 from ..outputs import add_output_options
@@ -99,6 +100,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="the kernel's ring buffer (a power of two, 4K to 1G; default 64M): what a burst may fill before events are lost",
     )
+    p.add_argument(
+        "--framing",
+        action="append",
+        default=[],
+        metavar="[WHERE=]MODE",
+        help="turn the byte streams of pipes, FIFOs, Unix stream and TCP sockets into messages, as `ipcproxy trace "
+        "--framing` does: as-written (default), newline, length:…, dbus; WHERE (pipe, fifo, unix, tcp, tcp:PORT "
+        "or a socket or FIFO path) selects channels; repeat it, the first match wins",
+    )
     p.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds (default: on SIGINT/SIGTERM)")
 
 
@@ -134,6 +144,7 @@ def watch_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from ..model import Endpoint
     from ..outputs import OutputRules
     from ..runtime import CaptureOptions, live_printer
+    from ..syscall.framing import Framing, parse_rule
     from ..trace import records
     from ..trace.recorder import Recorder
     from ..trace.writer import JsonlWriter, Sink
@@ -157,6 +168,7 @@ def watch_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             raise InputError(f"watch: --exe {path}: {exc.strerror}") from None
         exes.append((events.kernel_dev(st.st_dev), st.st_ino))
     comms = [name.encode()[:15] for name in args.comm]
+    rules = [parse_rule(text) for text in args.framing]
     transports = args.transport or list(TRANSPORT_NAMES)
     settings = loader.Settings(
         max_payload=args.max_payload,
@@ -179,6 +191,7 @@ def watch_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             ("exes", args.exe),
             ("cgroup", args.cgroup),
             ("transports", transports),
+            ("framing", args.framing),
         )
         if value
     }
@@ -187,8 +200,13 @@ def watch_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         sinks.append(JsonlWriter(args.write, records.header(mode="watch", **selection), OutputRules.from_args(args)))
     live = live_printer(CaptureOptions(quiet=bool(args.write) and not args.verbose))
     recorder = Recorder(sinks, lambda name: Endpoint(), live)
+    framing = None
+    if rules:
+        framing = Framing(
+            rules, args.max_payload, recorder.record, lambda text: print(f"ipcproxy: watch: {text}", file=sys.stderr)
+        )
     try:
-        result = Watch(recorder, settings, duration=args.duration).run(selection)
+        result = Watch(recorder, settings, duration=args.duration, framing=framing).run(selection)
     finally:
         recorder.close()
     if result.lost:

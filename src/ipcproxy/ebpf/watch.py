@@ -29,8 +29,9 @@ from typing import Any
 from ..errors import RunFailed
 from ..syscall import events as sysevents
 from ..syscall import sockaddr
-from ..syscall.channels import SEND_CALLS, ChannelTable
+from ..syscall.channels import SEND_CALLS, ChannelTable, Transfer
 from ..syscall.events import Event
+from ..syscall.framing import Framing
 from ..syscall.procfs import unix_diag
 from ..syscall.records import data_fields
 from ..trace.recorder import Recorder
@@ -81,8 +82,16 @@ def own_channels() -> list[int]:
 
 
 class Watch:
-    def __init__(self, recorder: Recorder, settings: loader.Settings, *, duration: float | None = None) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        settings: loader.Settings,
+        *,
+        duration: float | None = None,
+        framing: Framing | None = None,
+    ) -> None:
         self.recorder = recorder
+        self.framing = framing  # None: every message as written (one record per syscall)
         self.settings = settings
         self.duration = duration
         self.facts = WatchFacts()
@@ -147,8 +156,9 @@ class Watch:
                 break
             self._feed_batch(batch)
         for transfer in self.table.finish():
-            transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
-            self.messages += 1
+            self._record(transfer)
+        if self.framing is not None:
+            self.messages += self.framing.finish()
         kernel, spool = self.watcher.lost()
         if kernel > self.lost_reported:
             self.recorder.event("lost", count=kernel - self.lost_reported, where="kernel")
@@ -160,6 +170,13 @@ class Watch:
         self.recorder.event("watch_stop", reason=reason, messages=self.messages, lost=lost)
         self.recorder.close()
         return Result(self.messages, lost, reason)
+
+    def _record(self, transfer: Transfer) -> None:
+        if self.framing is not None:  # frames it, or records it as written
+            self.messages += self.framing.feed(transfer)
+        else:
+            transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
+            self.messages += 1
 
     def _find_receiver(self, raw: events.Raw, batch: bytes) -> None:
         """A datagram to an address no described socket has: describe the one bound there, from /proc."""
@@ -231,6 +248,5 @@ class Watch:
             elif kind == events.EXEC and not ev.payload.startswith(b"/"):
                 ev.payload = (exe_of(ev.pid) or "").encode()  # a relative path as given to execve
             for transfer in table.feed(ev):
-                transfer.seq = recorder.record(data_fields(transfer), transfer.ts)
-                self.messages += 1
+                self._record(transfer)
         self.facts.current = None
