@@ -521,3 +521,15 @@ def test_dbus_framing_decodes_what_the_proxy_records(tmp_path: Path) -> None:
             view(r) for r in theirs if r["direction"] == direction
         ], direction
     assert {r["member"] for r in ours if r["direction"] == "to_bus"} >= {"Hello", "GetNameOwner"}
+    # the decoded messages are D-Bus messages like the proxy's: `learn` makes a policy of them
+    policy = tmp_path / "policy.yaml"
+    learnt = subprocess.run(
+        [*IPCPROXY, "learn", str(seen_trace), "-o", str(policy)], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert learnt.returncode == 0, learnt.stderr
+    text = policy.read_text()
+    assert "busctl" in text and "GetNameOwner" in text, text
+    checked = subprocess.run(
+        [*IPCPROXY, "check", str(policy), str(seen_trace)], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
