@@ -533,3 +533,20 @@ def test_dbus_framing_decodes_what_the_proxy_records(tmp_path: Path) -> None:
         [*IPCPROXY, "check", str(policy), str(seen_trace)], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_asked_twice_to_stop_while_draining_it_stops_and_counts_the_rest(watched: Any) -> None:
+    # a million one-byte writes: far more events than the records written in the second after the first signal
+    w = watched(["sh", "-c", "dd if=/dev/zero bs=1 count=1000000 status=none | cat > /dev/null"])
+    w.ready()
+    w.release()
+    assert w.workload.wait(timeout=TIMEOUT) == 0
+    w.watch.send_signal(signal.SIGINT)
+    time.sleep(1)
+    w.watch.send_signal(signal.SIGINT)
+    assert w.stop() == 1
+    assert "events lost" in w.stderr and len(w.stderr.strip().splitlines()) == 1
+    records = read_trace(w.trace)
+    abandoned = [r for r in records if r.get("event") == "lost" and r.get("where") == "reader"]
+    assert abandoned and abandoned[0]["count"] > 0
+    assert records[-1]["event"] == "watch_stop" and records[-1]["lost"] >= abandoned[0]["count"]

@@ -60,6 +60,17 @@ def decode(batch: bytes) -> Iterator[Raw]:
     return decode_from(batch, 0)
 
 
+def count_from(batch: bytes, offset: int) -> int:
+    """How many events a batch holds from ``offset`` on, without decoding them."""
+    n = 0
+    end = len(batch)
+    unpack = struct.Struct("=I").unpack_from
+    while offset + HEADER.size <= end:
+        offset += (unpack(batch, offset)[0] + 7) & ~7
+        n += 1
+    return n
+
+
 def decode_from(batch: bytes, offset: int) -> Iterator[Raw]:
     """The events of a batch from ``offset`` on."""
     unpack = HEADER.unpack_from

@@ -100,7 +100,6 @@ class Watch:
         self.unbound: dict[tuple[str, str], float] = {}  # datagram addresses nobody was bound at, until when
         self.stop_reason: str | None = None
         self.signals = 0
-        self.draining = False  # stopping: what the kernel wrote before is being recorded
         self.abandoned = 0  # events not recorded: asked again to stop while draining
         self.messages = 0
         self.lost_reported = 0
@@ -150,7 +149,6 @@ class Watch:
     def _finish(self, reason: str) -> Result:
         self.watcher.detach()  # nothing new from the kernel; what it wrote is drained below
         self.watcher.stop()
-        self.draining = True
         while (batch := self.watcher.take(0)) is not None:
             if not batch:
                 break
@@ -218,8 +216,8 @@ class Watch:
         table = self.table
         recorder = self.recorder
         for n, raw in enumerate(events.decode(batch)):
-            if self.draining and self.signals > 1 and n % 1024 == 0:
-                self.abandoned += sum(1 for _ in events.decode_from(batch, raw.offset))
+            if self.signals > 1 and n % 1024 == 0:  # asked again: stop at once
+                self.abandoned += events.count_from(batch, raw.offset)
                 break
             if raw.lost:
                 self.lost_reported += raw.lost
