@@ -550,3 +550,15 @@ def test_asked_twice_to_stop_while_draining_it_stops_and_counts_the_rest(watched
     abandoned = [r for r in records if r.get("event") == "lost" and r.get("where") == "reader"]
     assert abandoned and abandoned[0]["count"] > 0
     assert records[-1]["event"] == "watch_stop" and records[-1]["lost"] >= abandoned[0]["count"]
+
+
+def test_exe_selects_by_the_executable_file(watched: Any) -> None:
+    sort = os.path.realpath(shutil.which("sort") or "/usr/bin/sort")
+    w = watched(["sh", "-c", "seq 100 | sort -n | cat > /dev/null"], "--exe", sort)
+    records = w.run()
+    assert data(records) and {r["pid"] for r in data(records)} == {
+        r["pid"]
+        for r in data(records)
+        if (r["sender"] if r["direction"] == "send" else r["destination"]).get("exe") == sort
+    }
+    assert {r["direction"] for r in data(records)} == {"send", "recv"}

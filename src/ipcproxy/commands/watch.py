@@ -156,10 +156,6 @@ def watch_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if pid <= 0 or not psutil.pid_exists(pid):
             raise InputError(f"watch: --pid {pid}: no such process")
         pids.append(pid)
-        try:
-            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            pass
     exes = []
     for path in args.exe:
         try:
@@ -173,7 +169,7 @@ def watch_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = loader.Settings(
         max_payload=args.max_payload,
         transports=sum(events.TRANSPORTS[name] for name in set(transports)),
-        pids=sorted(set(pids)),
+        pids=loader.descendants(pids),
         comms=comms,
         exes=exes,
         cgroup=_cgroup_id(args.cgroup) if args.cgroup else 0,

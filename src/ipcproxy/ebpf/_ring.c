@@ -347,6 +347,20 @@ static PyObject *Watcher_stop(Watcher *w, PyObject *unused)
 	Py_RETURN_NONE;
 }
 
+static PyObject *Watcher_add_pids(Watcher *w, PyObject *args)
+{
+	PyObject *pids;
+	if (!PyArg_ParseTuple(args, "O", &pids))
+		return NULL;
+	if (!w->obj) {
+		PyErr_SetString(PyExc_ValueError, "the watcher is closed");
+		return NULL;
+	}
+	if (fill_set(w->obj, "pids", pids, 4))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
 static PyObject *Watcher_programs(Watcher *w, PyObject *unused)
 {
 	struct bpf_program *prog;
@@ -396,6 +410,7 @@ static PyMethodDef Watcher_methods[] = {
 	{"stop", (PyCFunction)Watcher_stop, METH_NOARGS, "drain once more and end the reader"},
 	{"close", (PyCFunction)Watcher_close, METH_NOARGS, "detach and unload everything"},
 	{"programs", (PyCFunction)Watcher_programs, METH_NOARGS, "the kernel's ids of the loaded programs"},
+	{"add_pids", (PyCFunction)Watcher_add_pids, METH_VARARGS, "select these processes too (--pid's children)"},
 	{NULL, NULL, 0, NULL},
 };
 

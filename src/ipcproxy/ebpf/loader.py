@@ -48,6 +48,19 @@ class Settings:
         )
 
 
+def descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them now (``--pid`` selects a process with its children)."""
+    import psutil
+
+    found = set(pids)
+    for pid in pids:
+        try:
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            pass
+    return sorted(found)
+
+
 def _effective_caps() -> int:
     try:
         with open("/proc/self/status") as status:

@@ -115,6 +115,8 @@ class Watch:
         try:
             self.watcher = loader.load(self.settings)
             try:
+                if self.settings.pids:  # children started while the programs were loading: the fork hook missed them
+                    self.watcher.add_pids(loader.descendants(self.settings.pids))
                 self.recorder.event(
                     "watch_start",
                     max_payload=self.settings.max_payload,
