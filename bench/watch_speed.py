@@ -89,18 +89,19 @@ def watch_once(trace: Path, extra: list[str], workload: list[str]) -> tuple[floa
     )
     proc.send_signal(signal.SIGINT)
     proc.wait()
-    records = 0
+    calls: dict[int, int] = {}  # pid -> data records of its calls
+    family = {pid}  # the parent and the child it talks to
     lost = 0
     with open(trace) as f:
         for line in f:
             if '"comm":"pingpong"' in line and '"type":"data"' in line:
                 rec = json.loads(line)
-                # the parent's calls, and its child's: the child talks to the parent only
-                if pid in (rec["pid"], rec["sender"].get("pid"), rec["destination"].get("pid")):
-                    records += 1
+                calls[rec["pid"]] = calls.get(rec["pid"], 0) + 1
+                if rec["pid"] == pid:
+                    family.update(p for p in (rec["sender"].get("pid"), rec["destination"].get("pid")) if p)
             elif '"watch_stop"' in line:
                 lost = json.loads(line)["lost"]
-    return elapsed, records, lost
+    return elapsed, sum(calls.get(p, 0) for p in family), lost
 
 
 def bpftrace_once(out: Path, size: str, workload: list[str]) -> tuple[float, int, int]:
