@@ -54,6 +54,25 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "(default), newline, length:SIZE[:be|le][:at=N][:adjust=N|:total], dbus; WHERE (pipe, fifo, unix, tcp, "
         "tcp:PORT or a socket or FIFO path) selects channels; repeat it, the first match wins",
     )
+    p.add_argument(
+        "--policy", metavar="FILE", help="policy to enforce on every message: a denied call fails (docs/policy.md)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=["enforce", "complain"],
+        default="enforce",
+        help="enforce: a denied call fails with EACCES; complain: it runs and is recorded as a violation",
+    )
+    p.add_argument("--faults", metavar="PLAN", help="fault plan to apply to the messages (docs/faults.md)")
+    p.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults (default: the plan's)")
+    p.add_argument(
+        "-s",
+        "--script",
+        metavar="FILE.py",
+        action="append",
+        default=[],
+        help="load interceptors from a Python file (repeatable; docs/interceptors.md)",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
 
 
@@ -78,12 +97,22 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.write and args.write.endswith((".pcap", ".pcapng")):
         raise InputError(f"trace: {args.write}: syscall traces are JSON Lines only (pcap holds D-Bus messages)")
     rules = [parse_rule(text) for text in args.framing]
+    inputs = [path for path in (args.policy, args.faults, *args.script) if path]
+    chain = None
+    if inputs:  # a broken policy or plan is a file:line error before anything runs
+        from ..runtime import CaptureOptions, build_chain
+
+        chain = build_chain(
+            CaptureOptions(policy=args.policy, mode=args.mode, faults=args.faults, seed=args.seed, scripts=args.script)
+        )
     sinks: list[Sink] = []
     if args.write:
         origin: dict[str, object] = {"attached": args.pid} if args.pid is not None else {"command": cmd}
         if args.framing:
             origin["framing"] = list(args.framing)
-        sinks.append(JsonlWriter(args.write, records.header(mode="trace", **origin), OutputRules.from_args(args)))
+        sinks.append(
+            JsonlWriter(args.write, records.header(mode="trace", **origin), OutputRules.from_args(args, inputs))
+        )
     live = None
     if not args.quiet:  # the runtime (asyncio, the D-Bus side) is imported only for the live view: -q starts faster
         from ..runtime import CaptureOptions, live_printer
@@ -105,6 +134,7 @@ def trace_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             kill_on_exit=args.kill_on_exit,
             attach=args.pid,
             framing=framing,
+            chain=chain,
         )
         return tracer.run()
     finally:

@@ -28,6 +28,14 @@
  * every filtered syscall. ``record = False`` therefore stops reading and reporting but
  * keeps servicing the stops (the IPC syscalls then run as if untraced) until the programs
  * end; ``kill_all`` ends them.
+ *
+ * Decisions (policies and faults). For the syscalls ``select()`` names, the loop asks Python
+ * before the call takes effect: a send at its entry (EV_DECIDE, with the bytes it is about to
+ * send), a receive at its exit (its EV_SYSCALL carries FLAG_DECIDE, with the bytes it got).
+ * That thread stays stopped until ``decide()`` says what to do (fail with an errno, skip,
+ * hold for a while, rewrite or shorten the bytes, run a send again, close the fd); the loop
+ * thread carries it out with ptrace (it alone may), and every other thread runs on meanwhile.
+ * Nothing is selected unless Python asks: then no call waits for a decision.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -74,6 +82,84 @@
 #error "the syscall tracer knows x86_64 and aarch64"
 #endif
 
+/* ------------------------------------------------------------------ registers (decisions only) */
+
+#if defined(__x86_64__)
+#include <sys/user.h>
+typedef struct user_regs_struct Regs;
+#define SYSCALL_INSN 2 /* the length of `syscall` */
+
+static int regs_get(pid_t tid, Regs *r) { return (int)ptrace(PTRACE_GETREGS, tid, 0, r); }
+static int regs_put(pid_t tid, const Regs *r) { return (int)ptrace(PTRACE_SETREGS, tid, 0, r); }
+
+static void regs_arg(Regs *r, int i, uint64_t v) {
+    switch (i) {
+    case 0: r->rdi = v; break;
+    case 1: r->rsi = v; break;
+    case 2: r->rdx = v; break;
+    case 3: r->r10 = v; break;
+    case 4: r->r8 = v; break;
+    default: r->r9 = v; break;
+    }
+}
+
+static void regs_ret(Regs *r, int64_t v) { r->rax = (uint64_t)v; }
+
+/* the syscall the kernel runs, changed at its entry stop (-1: none) */
+static int regs_put_nr(pid_t tid, Regs *r, int64_t nr) {
+    r->orig_rax = (uint64_t)nr;
+    return regs_put(tid, r);
+}
+
+/* at an exit stop: back to the syscall instruction, to run ``nr`` on ``fd`` next (the other
+ * argument registers still hold what the call was given) */
+static void regs_rewind(Regs *r, int64_t nr, int64_t fd) {
+    r->rip -= SYSCALL_INSN;
+    r->rax = (uint64_t)nr;
+    r->rdi = (uint64_t)fd;
+}
+
+/* the argument registers a program may rely on after the call, put back from ``saved`` */
+static void regs_keep_args(Regs *r, const Regs *saved) {
+    r->rdi = saved->rdi;
+    r->rsi = saved->rsi;
+    r->rdx = saved->rdx;
+    r->r10 = saved->r10;
+    r->r8 = saved->r8;
+    r->r9 = saved->r9;
+}
+#else /* aarch64 */
+#include <asm/ptrace.h>
+#include <elf.h>
+typedef struct user_pt_regs Regs;
+#define SYSCALL_INSN 4 /* the length of `svc #0` */
+
+static int regs_get(pid_t tid, Regs *r) {
+    struct iovec io = {r, sizeof *r};
+    return (int)ptrace(PTRACE_GETREGSET, tid, (void *)NT_PRSTATUS, &io);
+}
+static int regs_put(pid_t tid, const Regs *r) {
+    struct iovec io = {(void *)r, sizeof *r};
+    return (int)ptrace(PTRACE_SETREGSET, tid, (void *)NT_PRSTATUS, &io);
+}
+static void regs_arg(Regs *r, int i, uint64_t v) { r->regs[i] = v; }
+static void regs_ret(Regs *r, int64_t v) { r->regs[0] = (uint64_t)v; }
+static int regs_put_nr(pid_t tid, Regs *r, int64_t nr) {
+    if (regs_put(tid, r) != 0) return -1;
+    int n = (int)nr;
+    struct iovec io = {&n, sizeof n};
+    return (int)ptrace(PTRACE_SETREGSET, tid, (void *)NT_ARM_SYSTEM_CALL, &io);
+}
+static void regs_rewind(Regs *r, int64_t nr, int64_t fd) {
+    r->pc -= SYSCALL_INSN;
+    r->regs[8] = (uint64_t)nr;
+    r->regs[0] = (uint64_t)fd; /* x0 holds the return value now */
+}
+static void regs_keep_args(Regs *r, const Regs *saved) {
+    for (int i = 1; i < 6; i++) r->regs[i] = saved->regs[i]; /* x0 is the return value */
+}
+#endif
+
 /* event kinds (ipcproxy.syscall.events mirrors them) */
 #define EV_SYSCALL 1
 #define EV_ENTRY 2 /* a write-family call entered: its bytes may reach a reader before its exit stop */
@@ -81,7 +167,11 @@
 #define EV_EXEC 4 /* args[0]: the thread that called execve, args[1]: uid; addr: comm, payload: exe */
 #define EV_EXIT 5
 
+#define EV_DECIDE 6 /* a selected send at its entry: its thread waits for decide() */
+
 #define FLAG_FAILED_READ 1 /* the payload could not be read (the tracee's memory went away) */
+#define FLAG_DECIDE 2      /* an EV_SYSCALL of a selected receive: its thread waits for decide() */
+#define FLAG_COPY 4        /* an EV_SYSCALL of a send run again by decide(copies=N) */
 
 #define PUBLISH_EVERY (256u << 10) /* the loop thread hands its events over at least this often */
 #define WAKE_AT (1u << 20)         /* Python is woken at once when this much waits for it */
@@ -245,6 +335,21 @@ typedef struct Proc {
     struct Proc *next;
 } Proc;
 
+enum { STOP_ENTRY = 1, STOP_EXIT = 2 };
+enum { RERUN_COPY = 1, RERUN_INJECT = 2 };
+
+/* What decide() said about one stopped call (ipcproxy.syscall.intercept.SyscallAction). */
+typedef struct Plan {
+    int err;          /* fail with this errno */
+    int skip;         /* a send: not run, reports its full length; a receive: run again (its data is lost) */
+    int close;        /* shut down (socket) or close (pipe) the fd; a send fails with EPIPE, a receive reads EOF */
+    int copies;       /* a send runs this many times */
+    int64_t length;   /* move only this many bytes (-1: unchanged) */
+    uint64_t delay_ns;
+    size_t payload_len; /* bytes written over the start of the buffer */
+    unsigned char payload[];
+} Plan;
+
 typedef struct Tracee {
     pid_t tid;
     pid_t tgid;
@@ -254,12 +359,47 @@ typedef struct Tracee {
     int64_t args[6];
     uint64_t ts_entry;
     struct Tracee *next;
+    /* decisions (see "decisions" below); all zero for a call nobody decides about */
+    int awaiting;       /* STOP_ENTRY / STOP_EXIT: stopped until decide() */
+    int decide_exit;    /* a selected receive: ask at its exit */
+    int skipped;        /* the call was replaced at entry: no exit event, the return is ``forced`` */
+    int rerun;          /* RERUN_COPY: a send run again; RERUN_INJECT: a call put in its place */
+    int restore_args;   /* the argument registers were changed: put back at exit */
+    int copies_left;
+    int64_t forced;     /* the return value the program sees (skipped, injected, copied calls) */
+    int64_t exit_ret;   /* a receive's own result, while it waits */
+    uint64_t release;   /* held until this CLOCK_MONOTONIC ns (a delay) */
+    uint64_t want_len;  /* a send's requested length */
+    Regs saved;         /* registers before a change */
+    struct Plan *plan;  /* the decision, until carried out */
+    unsigned char *undo;      /* the program's bytes (or iovec array) to put back at exit */
+    size_t undo_len;
+    uint64_t undo_at;         /* where the iovec array was rewritten (0: none) */
+    unsigned char *undo_iov;
+    size_t undo_iov_len;
 } Tracee;
 
+static void forget_decision(Tracee *e) {
+    free(e->plan);
+    free(e->undo);
+    free(e->undo_iov);
+    e->plan = NULL;
+    e->undo = e->undo_iov = NULL;
+    e->undo_len = e->undo_iov_len = 0;
+    e->undo_at = 0;
+}
+
 #define TABLE 4096
+#define MAX_HELD 4096 /* threads held by a delay at once; beyond that a delay is not applied */
+#define HELD_POLL_NS 1000000ull /* while a thread is held, stops are waited for in steps this long */
+
+typedef struct {
+    pid_t tid;
+    Plan *plan;
+} Decision;
 #define SEEN 65536 /* socket inodes described so far (forgotten when the set fills) */
 
-enum { CMD_DETACH = 1 };
+enum { CMD_DETACH = 1, CMD_DECIDE = 2, CMD_RELEASE = 4 };
 enum { START_NONE, START_SPAWN, START_ATTACH };
 
 /* The stop loop's state. Fields above ``mu`` belong to the loop thread alone; the rest is shared. */
@@ -276,6 +416,11 @@ typedef struct {
     uint64_t *seen;
     size_t seen_count;
     int diag; /* NETLINK_SOCK_DIAG socket */
+    unsigned char selected[N_SYSCALLS]; /* per SYSCALLS entry: 1 when Python decides about it (set before start) */
+    int any_selected;
+    pid_t held[MAX_HELD]; /* threads held by a delay */
+    size_t nheld;
+    int asked; /* a decision was asked for since the last publish() */
     /* the start request (spawn/attach), filled by the Python thread before the loop thread starts */
     int start_kind;
     char *start_path;
@@ -300,6 +445,9 @@ typedef struct {
     int orphaned;          /* the Python object is gone: events are discarded */
     int refs;              /* the Python object and the loop thread */
     pid_t loop_tid;
+    Decision *dq; /* decide()'s answers, for the loop thread to carry out */
+    size_t dq_len, dq_cap;
+    int urgent;   /* ``out`` holds a question: wait() returns it at once */
     atomic_int commands;
     atomic_int record;
     atomic_int main_status; /* -1 until the main child ends */
@@ -391,6 +539,7 @@ static void drop(Tracer *t, pid_t tid) {
             Tracee *e = *p;
             *p = e->next;
             proc_release(t, e->proc);
+            forget_decision(e);
             free(e);
             t->count--;
             atomic_store(&t->tracees, (int)t->count);
@@ -964,6 +1113,331 @@ static char **strings(PyObject *seq, const char *what) {
     return v;
 }
 
+/* ------------------------------------------------------------------ decisions */
+
+static int selected(Tracer *t, const Syscall *sc) { return sc && t->any_selected && t->selected[sc - SYSCALLS]; }
+
+/* The iovecs of the stopped call's buffer, into t->iov; *array_at: where the tracee keeps them (0: a plain buffer). */
+static size_t call_iovecs(Tracer *t, Tracee *e, uint64_t *array_at) {
+    const Syscall *sc = lookup_syscall(e->nr);
+    int64_t *a = e->args;
+    *array_at = 0;
+    if (!sc) return 0;
+    if (sc->shape == S_BUF) {
+        t->iov[0].iov_base = (void *)(uintptr_t)a[1];
+        t->iov[0].iov_len = (size_t)a[2];
+        return 1;
+    }
+    if (sc->shape == S_IOV) {
+        *array_at = (uint64_t)a[1];
+        return read_iovecs(t, e->tid, (uint64_t)a[1], (uint64_t)a[2]);
+    }
+    if (sc->shape == S_MSG) {
+        struct msghdr m;
+        if (peek(e->tid, &m, (uint64_t)a[1], sizeof m) != (ssize_t)sizeof m) return 0;
+        *array_at = (uint64_t)(uintptr_t)m.msg_iov;
+        return read_iovecs(t, e->tid, (uint64_t)(uintptr_t)m.msg_iov, m.msg_iovlen);
+    }
+    return 0;
+}
+
+/* The first ``len`` bytes the iovecs describe, as remote iovecs in ``r`` (returns how many). */
+static size_t span(const struct iovec *remote, size_t count, size_t len, struct iovec *r) {
+    size_t n = 0;
+    for (size_t i = 0; i < count && len && n < MAX_IOV; i++) {
+        size_t take = remote[i].iov_len < len ? remote[i].iov_len : len;
+        if (!take) continue;
+        r[n].iov_base = remote[i].iov_base;
+        r[n].iov_len = take;
+        len -= take;
+        n++;
+    }
+    return n;
+}
+
+static ssize_t move_span(pid_t tid, const struct iovec *remote, size_t count, unsigned char *data, size_t len, int write) {
+    struct iovec r[MAX_IOV];
+    size_t n = span(remote, count, len, r);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += r[i].iov_len;
+    struct iovec l = {data, total};
+    return write ? process_vm_writev(tid, &l, 1, r, n, 0) : process_vm_readv(tid, &l, 1, r, n, 0);
+}
+
+/* A selected send at its entry: the facts Python needs, its bytes included (an EV_DECIDE). */
+static int emit_decide(Tracer *t, Tracee *e) {
+    int64_t *a = e->args;
+    uint64_t array_at;
+    size_t n = call_iovecs(t, e, &array_at);
+    uint64_t want = 0;
+    for (size_t i = 0; i < n; i++) want += t->iov[i].iov_len;
+    unsigned char addr[MAX_ADDR];
+    size_t addr_len = 0;
+    int nfds = 0;
+    if (e->nr == SYS_sendto && a[4] && a[5] > 0) {
+        ssize_t got = peek(e->tid, addr, (uint64_t)a[4], a[5] < MAX_ADDR ? (size_t)a[5] : MAX_ADDR);
+        addr_len = got > 0 ? (size_t)got : 0;
+    } else if (e->nr == SYS_sendmsg) {
+        struct msghdr m;
+        if (peek(e->tid, &m, (uint64_t)a[1], sizeof m) == (ssize_t)sizeof m) {
+            if (m.msg_name && m.msg_namelen) {
+                ssize_t got = peek(e->tid, addr, (uint64_t)(uintptr_t)m.msg_name, m.msg_namelen < MAX_ADDR ? m.msg_namelen : MAX_ADDR);
+                addr_len = got > 0 ? (size_t)got : 0;
+            }
+            nfds = count_rights(e->tid, (uint64_t)(uintptr_t)m.msg_control, m.msg_controllen, e->proc);
+        }
+    }
+    size_t at = t->len;
+    if (emit_data(t, e, 0, 0, t->iov, n, want, addr, addr_len, nfds) < 0) return -1;
+    Event *ev = (Event *)(t->buf + at);
+    ev->kind = EV_DECIDE;
+    ev->ts = e->ts_entry;
+    e->want_len = want;
+    return 0;
+}
+
+/* At the entry stop: a selected call waits for a decision (1), or runs on (0). */
+static int ask_at_entry(Tracer *t, Tracee *e, const Syscall *sc) {
+    if (!selected(t, sc) || e->rerun) return 0;
+    if (!sc->writes) {
+        e->decide_exit = 1; /* a receive: judged by what it got */
+        return 0;
+    }
+    uint64_t ino = 0, dev = 0;
+    uint32_t mode = 0;
+    if (!fd_lookup(e, (int)e->args[0], &ino, &dev, &mode, 0) || !is_channel(mode))
+        return 0; /* a file, a terminal: no channel to judge */
+    if (emit_decide(t, e) < 0) return -1;
+    e->awaiting = STOP_ENTRY;
+    t->asked = 1;
+    return 1;
+}
+
+/* What closes the channel for the process: shutdown of a socket, close of anything else (then forgotten). */
+static int64_t close_call(Tracee *e, int fd) {
+    uint64_t ino = 0, dev = 0;
+    uint32_t mode = 0;
+    fd_lookup(e, fd, &ino, &dev, &mode, 0);
+    if (S_ISSOCK(mode)) return SYS_shutdown;
+    fd_forget(e->proc, fd);
+    return SYS_close;
+}
+
+static void resume(Tracer *t, Tracee *e, int sig);
+
+/* A send's decision, at its entry. */
+static void enter_planned(Tracer *t, Tracee *e, const Plan *p) {
+    Regs r;
+    if (!p || regs_get(e->tid, &r) != 0) return;
+    e->saved = r;
+    int fd = (int)e->args[0];
+    if (p->err || p->skip || p->close) { /* the call does not run (or a shutdown/close runs instead) */
+        int64_t nr = -1;
+        if (p->close) {
+            nr = close_call(e, fd);
+            regs_arg(&r, 1, SHUT_RDWR);
+        }
+        e->skipped = 1;
+        e->forced = p->err ? -(int64_t)p->err : p->skip ? (int64_t)e->want_len : -EPIPE;
+        regs_put_nr(e->tid, &r, nr);
+        return;
+    }
+    uint64_t array_at = 0;
+    size_t n = call_iovecs(t, e, &array_at);
+    if (p->payload_len && n) { /* rewrite the program's bytes; put back at exit */
+        size_t len = p->payload_len < e->want_len ? p->payload_len : (size_t)e->want_len;
+        unsigned char *old = malloc(len ? len : 1);
+        if (old && move_span(e->tid, t->iov, n, old, len, 0) == (ssize_t)len &&
+            move_span(e->tid, t->iov, n, (unsigned char *)p->payload, len, 1) == (ssize_t)len) {
+            e->undo = old;
+            e->undo_len = len;
+        } else
+            free(old);
+    }
+    if (p->length >= 0 && (uint64_t)p->length < e->want_len) { /* a short write */
+        if (!array_at) {
+            regs_arg(&r, 2, (uint64_t)p->length);
+            e->restore_args = 1;
+            regs_put(e->tid, &r);
+        } else if (n) { /* shorten the iovec array itself; put back at exit */
+            size_t bytes = n * sizeof(struct iovec);
+            struct iovec *shorter = malloc(bytes);
+            unsigned char *old = malloc(bytes);
+            if (shorter && old && peek(e->tid, old, array_at, bytes) == (ssize_t)bytes) {
+                uint64_t left = (uint64_t)p->length;
+                for (size_t i = 0; i < n; i++) {
+                    shorter[i] = t->iov[i];
+                    shorter[i].iov_len = t->iov[i].iov_len < left ? t->iov[i].iov_len : (size_t)left;
+                    left -= shorter[i].iov_len;
+                }
+                struct iovec l = {shorter, bytes}, rr = {(void *)(uintptr_t)array_at, bytes};
+                if (process_vm_writev(e->tid, &l, 1, &rr, 1, 0) == (ssize_t)bytes) {
+                    e->undo_iov = old;
+                    e->undo_iov_len = bytes;
+                    e->undo_at = array_at;
+                    old = NULL;
+                }
+            }
+            free(shorter);
+            free(old);
+        }
+    }
+    e->copies_left = p->copies > 1 ? p->copies - 1 : 0;
+}
+
+/* A receive's decision, at its exit; returns 1 when the thread was sent back into a syscall. */
+static int exit_planned(Tracer *t, Tracee *e, const Plan *p) {
+    Regs r;
+    if (!p || regs_get(e->tid, &r) != 0) return 0;
+    int64_t ret = e->exit_ret;
+    int fd = (int)e->args[0];
+    if (p->err) {
+        ret = -(int64_t)p->err;
+    } else if (p->skip) { /* its data is gone: the call runs again and waits for the next */
+        regs_rewind(&r, e->nr, fd);
+        regs_put(e->tid, &r);
+        return 1;
+    } else if (p->close) { /* shutdown/close runs in its place, then the program reads EOF */
+        e->saved = r;
+        regs_rewind(&r, close_call(e, fd), fd);
+        regs_arg(&r, 1, SHUT_RDWR);
+        regs_put(e->tid, &r);
+        e->rerun = RERUN_INJECT;
+        e->forced = 0;
+        e->in_syscall = 1;
+        return 1;
+    } else {
+        if (p->payload_len) {
+            uint64_t array_at;
+            size_t n = call_iovecs(t, e, &array_at);
+            size_t len = p->payload_len < (uint64_t)ret ? p->payload_len : (size_t)ret;
+            move_span(e->tid, t->iov, n, (unsigned char *)p->payload, len, 1);
+        }
+        if (p->length >= 0 && p->length < ret) ret = p->length; /* a short read */
+    }
+    regs_ret(&r, ret);
+    regs_put(e->tid, &r);
+    return 0;
+}
+
+/* Carries out the decision of a stopped thread (now, or when its delay is over) and resumes it. */
+static void carry_out(Tracer *t, Tracee *e) {
+    int stage = e->awaiting;
+    Plan *p = e->plan;
+    e->awaiting = 0;
+    e->release = 0;
+    e->plan = NULL;
+    if (stage == STOP_ENTRY)
+        enter_planned(t, e, p);
+    else if (stage == STOP_EXIT) {
+        e->decide_exit = 0;
+        exit_planned(t, e, p);
+    }
+    free(p);
+    resume(t, e, 0);
+}
+
+/* Held threads whose delay is over go on. */
+static void release_due(Tracer *t) {
+    if (!t->nheld) return;
+    uint64_t now = now_ns();
+    size_t keep = 0;
+    for (size_t i = 0; i < t->nheld; i++) {
+        Tracee *e = find(t, t->held[i]);
+        if (!e || !e->release) continue; /* ended meanwhile */
+        if (e->release <= now)
+            carry_out(t, e);
+        else
+            t->held[keep++] = t->held[i];
+    }
+    t->nheld = keep;
+}
+
+static void mark(Tracer *t, size_t from, uint16_t flag) {
+    for (size_t at = from; at < t->len; at += ((Event *)(t->buf + at))->size) ((Event *)(t->buf + at))->flags |= flag;
+}
+
+/* A syscall's exit stop: the decision's remaining parts, the event, and on. Returns -1 when out of memory. */
+static int on_exit_stop(Tracer *t, Tracee *e, int64_t ret, int record) {
+    Regs r;
+    if (e->rerun == RERUN_INJECT) { /* the shutdown/close put in a receive's place returned */
+        r = e->saved;
+        regs_ret(&r, e->forced);
+        regs_put(e->tid, &r);
+        e->rerun = 0;
+        resume(t, e, 0);
+        return 0;
+    }
+    if (e->skipped) { /* Python recorded it when it decided */
+        if (regs_get(e->tid, &r) == 0) {
+            regs_keep_args(&r, &e->saved);
+            regs_ret(&r, e->forced);
+            regs_put(e->tid, &r);
+        }
+        e->skipped = e->restore_args = 0;
+        forget_decision(e);
+        resume(t, e, 0);
+        return 0;
+    }
+    if (e->decide_exit) {
+        e->decide_exit = 0;
+        if (record && ret > 0) {
+            size_t at = t->len;
+            if (emit_exit(t, e, ret) < 0) return -1;
+            Event *ev = t->len > at ? (Event *)(t->buf + at) : NULL;
+            if (ev && (S_ISFIFO(ev->mode[0]) || S_ISSOCK(ev->mode[0]))) {
+                ev->flags |= FLAG_DECIDE;
+                e->awaiting = STOP_EXIT;
+                e->exit_ret = ret;
+                t->asked = 1;
+                return 0; /* stays stopped until decide() */
+            }
+            resume(t, e, 0);
+            return 0;
+        }
+    }
+    if (record) {
+        size_t at = t->len;
+        if (emit_exit(t, e, ret) < 0) return -1;
+        if (e->rerun == RERUN_COPY) mark(t, at, FLAG_COPY);
+    }
+    if (e->copies_left > 0 && ret >= 0 && regs_get(e->tid, &r) == 0) { /* the same send once more */
+        if (e->rerun != RERUN_COPY) e->forced = ret;
+        e->copies_left--;
+        e->rerun = RERUN_COPY;
+        regs_rewind(&r, e->nr, e->args[0]);
+        regs_put(e->tid, &r);
+        e->in_syscall = 1;
+        resume(t, e, 0);
+        return 0;
+    }
+    e->copies_left = 0;
+    int fix = 0;
+    if (e->rerun == RERUN_COPY) { /* the program sees the first run's result */
+        ret = e->forced;
+        e->rerun = 0;
+        fix = 1;
+    }
+    if (e->undo_at) {
+        struct iovec l = {e->undo_iov, e->undo_iov_len}, rr = {(void *)(uintptr_t)e->undo_at, e->undo_iov_len};
+        process_vm_writev(e->tid, &l, 1, &rr, 1, 0);
+    }
+    if (e->undo) {
+        uint64_t array_at;
+        size_t n = call_iovecs(t, e, &array_at);
+        move_span(e->tid, t->iov, n, e->undo, e->undo_len, 1);
+    }
+    if ((fix || e->restore_args) && regs_get(e->tid, &r) == 0) {
+        if (e->restore_args) regs_keep_args(&r, &e->saved);
+        if (fix) regs_ret(&r, ret);
+        regs_put(e->tid, &r);
+    }
+    e->restore_args = 0;
+    forget_decision(e);
+    resume(t, e, 0);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ stops */
 
 static void resume(Tracer *t, Tracee *e, int sig) {
@@ -980,7 +1454,8 @@ static int data_call(const Syscall *sc) {
 }
 
 /* An IPC syscall entered (its seccomp stop, or the entry stop of an attached process): e->nr, e->args
- * are set. Decides whether its exit is worth a stop. Returns -1 when out of memory. */
+ * are set. Decides whether its exit is worth a stop. Returns -1 when out of memory, 1 when the thread
+ * waits for a decision (it must not be resumed). */
 static int entered(Tracer *t, Tracee *e) {
     const Syscall *sc = lookup_syscall(e->nr);
     e->ts_entry = now_ns();
@@ -1006,6 +1481,8 @@ static int entered(Tracer *t, Tracee *e) {
         return 0;
     }
     e->in_syscall = 1;
+    int asked = ask_at_entry(t, e, sc);
+    if (asked) return asked; /* 1: it waits for decide(), not resumed */
     if (sc->writes) {
         Event *ev = simple_event(t, EV_ENTRY, e, e->tid);
         if (!ev) return -1;
@@ -1037,17 +1514,22 @@ static int handle(Tracer *t, pid_t tid, int status) {
         long got = ptrace(PTRACE_GET_SYSCALL_INFO, tid, (void *)sizeof info, &info);
         if (got > 0 && info.op == PTRACE_SYSCALL_INFO_EXIT && e->in_syscall) {
             e->in_syscall = 0;
-            if (record && emit_exit(t, e, info.exit.rval) < 0) return -1;
-        } else if (got > 0 && info.op == PTRACE_SYSCALL_INFO_ENTRY && t->every_syscall && record) {
+            return on_exit_stop(t, e, info.exit.rval, record);
+        } else if (got > 0 && info.op == PTRACE_SYSCALL_INFO_ENTRY && t->every_syscall && record && !e->rerun) {
             /* attached without a filter: the entry stop plays the seccomp stop's part */
             e->nr = (int64_t)info.entry.nr;
             for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.entry.args[i];
-            if (entered(t, e) < 0) return -1;
+            int r = entered(t, e);
+            if (r) return r < 0 ? -1 : 0;
         }
         resume(t, e, 0);
         return 0;
     }
     if (sig == SIGTRAP && event == PTRACE_EVENT_SECCOMP) {
+        if (e->rerun) { /* a call the tracer put there: straight to its exit */
+            resume(t, e, 0);
+            return 0;
+        }
         if (!record) { /* the call runs as if untraced */
             e->in_syscall = 0;
             resume(t, e, 0);
@@ -1058,7 +1540,8 @@ static int handle(Tracer *t, pid_t tid, int status) {
         if (got > 0 && info.op == PTRACE_SYSCALL_INFO_SECCOMP) {
             e->nr = (int64_t)info.seccomp.nr;
             for (int i = 0; i < 6; i++) e->args[i] = (int64_t)info.seccomp.args[i];
-            if (entered(t, e) < 0) return -1;
+            int r = entered(t, e);
+            if (r) return r < 0 ? -1 : 0;
         }
         resume(t, e, 0);
         return 0;
@@ -1159,6 +1642,8 @@ static void tracer_free(Tracer *t) {
             free(p->fds);
             free(p);
         }
+    for (size_t i = 0; i < t->dq_len; i++) free(t->dq[i].plan);
+    free(t->dq);
     free(t->buf);
     free(t->out);
     free(t->spare);
@@ -1217,14 +1702,50 @@ static void publish(Tracer *t) {
         }
         t->out_len += t->len;
         if (t->out_len >= WAKE_AT && t->py_waiting) wake = 1;
+        if (t->asked) { /* a thread waits for Python: no lingering */
+            t->urgent = 1;
+            if (t->py_waiting) wake = 1;
+        }
     }
     pthread_mutex_unlock(&t->mu);
     t->len = 0;
+    t->asked = 0;
     if (wake) wake_python(t);
 }
 
 static void run_commands(Tracer *t) {
     int cmd = atomic_exchange(&t->commands, 0);
+    if (cmd & CMD_DECIDE) {
+        pthread_mutex_lock(&t->mu);
+        Decision *q = t->dq;
+        size_t n = t->dq_len;
+        t->dq = NULL;
+        t->dq_len = t->dq_cap = 0;
+        pthread_mutex_unlock(&t->mu);
+        for (size_t i = 0; i < n; i++) {
+            Tracee *e = find(t, q[i].tid);
+            if (!e || !e->awaiting || e->release) { /* ended meanwhile, or released */
+                free(q[i].plan);
+                continue;
+            }
+            free(e->plan);
+            e->plan = q[i].plan;
+            if (e->plan->delay_ns && t->nheld < MAX_HELD) { /* held: carried out when the time comes */
+                e->release = now_ns() + e->plan->delay_ns;
+                t->held[t->nheld++] = e->tid;
+            } else
+                carry_out(t, e);
+        }
+        free(q);
+    }
+    if (cmd & CMD_RELEASE) /* no one will decide now: a waiting call runs unchanged */
+        for (size_t i = 0; i < TABLE; i++)
+            for (Tracee *e = t->table[i]; e; e = e->next)
+                if (e->awaiting && !e->release) {
+                    free(e->plan);
+                    e->plan = NULL;
+                    carry_out(t, e);
+                }
     if (cmd & CMD_DETACH) {
         t->detaching = 1;
         for (size_t i = 0; i < TABLE; i++)
@@ -1236,8 +1757,16 @@ static void run_commands(Tracer *t) {
 static void run(Tracer *t) {
     for (;;) {
         run_commands(t);
+        release_due(t);
         int status;
-        pid_t tid = waitpid(-1, &status, __WALL | __WNOTHREAD);
+        int holding = t->nheld > 0; /* a held thread's time must not wait for another's stop */
+        pid_t tid = waitpid(-1, &status, __WALL | __WNOTHREAD | (holding ? WNOHANG : 0));
+        if (tid == 0) {
+            publish(t);
+            struct timespec step = {0, (long)HELD_POLL_NS};
+            nanosleep(&step, NULL); /* a command's signal cuts it short */
+            continue;
+        }
         if (tid < 0) {
             if (errno == EINTR) continue;
             break; /* ECHILD: nothing left to trace */
@@ -1616,6 +2145,7 @@ static char *take(Tracer *t, size_t *len, size_t *cap) {
     t->out_len = 0;
     t->spare = NULL;
     t->spare_cap = 0;
+    t->urgent = 0;
     pthread_cond_broadcast(&t->cond); /* room again for a loop thread held back */
     return taken;
 }
@@ -1675,7 +2205,7 @@ static PyObject *Tracer_wait(TracerObject *self, PyObject *args) {
     pthread_mutex_lock(&t->mu);
     for (;;) {
         uint64_t now = now_ns();
-        if (t->out_len && (t->out_len >= WAKE_AT || t->finished || now - t->out_since >= LINGER_NS ||
+        if (t->out_len && (t->urgent || t->out_len >= WAKE_AT || t->finished || now - t->out_since >= LINGER_NS ||
                            (deadline && now >= deadline))) {
             taken = take(t, &len, &cap);
             break;
@@ -1766,6 +2296,98 @@ static PyObject *Tracer_kill_all(TracerObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* select(names): the syscalls Python decides about (empty: none); before spawn() or attach(). */
+static PyObject *Tracer_select(TracerObject *self, PyObject *arg) {
+    Tracer *t = started(self);
+    if (!t) return NULL;
+    if (t->start_kind != START_NONE) {
+        PyErr_SetString(PyExc_RuntimeError, "select() comes before spawn() or attach()");
+        return NULL;
+    }
+    unsigned char want[N_SYSCALLS] = {0};
+    int any = 0;
+    PyObject *it = PyObject_GetIter(arg), *item;
+    if (!it) return NULL;
+    while ((item = PyIter_Next(it))) {
+        const char *name = PyUnicode_AsUTF8(item);
+        size_t i = 0;
+        while (name && i < N_SYSCALLS && strcmp(SYSCALLS[i].name, name) != 0) i++;
+        if (name && (i == N_SYSCALLS ||
+                     (SYSCALLS[i].shape != S_BUF && SYSCALLS[i].shape != S_IOV && SYSCALLS[i].shape != S_MSG)))
+            PyErr_Format(PyExc_ValueError, "no decisions about %s: it moves no single message", name);
+        Py_DECREF(item);
+        if (PyErr_Occurred()) {
+            Py_DECREF(it);
+            return NULL;
+        }
+        want[i] = 1;
+        any = 1;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    memcpy(t->selected, want, sizeof want);
+    t->any_selected = any;
+    Py_RETURN_NONE;
+}
+
+static void command(Tracer *t, int cmd) {
+    atomic_fetch_or(&t->commands, cmd);
+    pthread_mutex_lock(&t->mu);
+    if (t->start_state == 1 && !t->finished) syscall(SYS_tgkill, getpid(), t->loop_tid, sigwake());
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* decide(tid, errno=0, skip=False, close=False, delay=0.0, payload=None, length=-1, copies=1):
+ * what happens to the call thread ``tid`` waits with (carried out by the loop thread). */
+static PyObject *Tracer_decide(TracerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"tid", "errno", "skip", "close", "delay", "payload", "length", "copies", NULL};
+    Tracer *t = started(self);
+    int tid, err = 0, skip = 0, close_ = 0, copies = 1;
+    double delay = 0.0;
+    Py_buffer payload = {0};
+    long long length = -1;
+    if (!t) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|ippdz*Li", kwlist, &tid, &err, &skip, &close_, &delay, &payload,
+                                     &length, &copies))
+        return NULL;
+    if (err < 0 || err > 4095 || delay < 0 || delay > 3600 || copies < 1 || copies > 1000) {
+        PyBuffer_Release(&payload);
+        PyErr_SetString(PyExc_ValueError, "errno, delay (s) or copies out of range");
+        return NULL;
+    }
+    size_t plen = payload.buf ? (size_t)payload.len : 0;
+    Plan *p = malloc(sizeof *p + (plen ? plen : 1));
+    if (!p) {
+        PyBuffer_Release(&payload);
+        return PyErr_NoMemory();
+    }
+    p->err = err;
+    p->skip = skip;
+    p->close = close_;
+    p->copies = copies;
+    p->length = length;
+    p->delay_ns = (uint64_t)(delay * 1e9);
+    p->payload_len = plen;
+    if (plen) memcpy(p->payload, payload.buf, plen);
+    PyBuffer_Release(&payload);
+    pthread_mutex_lock(&t->mu);
+    if (t->dq_len == t->dq_cap) {
+        size_t cap = t->dq_cap ? t->dq_cap * 2 : 16;
+        Decision *grown = realloc(t->dq, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&t->mu);
+            free(p);
+            return PyErr_NoMemory();
+        }
+        t->dq = grown;
+        t->dq_cap = cap;
+    }
+    t->dq[t->dq_len++] = (Decision){(pid_t)tid, p};
+    pthread_mutex_unlock(&t->mu);
+    command(t, CMD_DECIDE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Tracer_get_record(TracerObject *self, void *closure) {
     return PyBool_FromLong(self->t && atomic_load(&self->t->record));
 }
@@ -1774,6 +2396,7 @@ static int Tracer_set_record(TracerObject *self, PyObject *value, void *closure)
     int on = value ? PyObject_IsTrue(value) : 0;
     if (on < 0) return -1;
     if (self->t) atomic_store(&self->t->record, on);
+    if (self->t && !on) command(self->t, CMD_RELEASE); /* no one will decide now */
     return 0;
 }
 
@@ -1794,6 +2417,9 @@ static PyMethodDef Tracer_methods[] = {
     {"kill_all", (PyCFunction)Tracer_kill_all, METH_NOARGS, "SIGKILL every traced process"},
     {"attach", (PyCFunction)Tracer_attach, METH_VARARGS, "attach(pid): trace a running process"},
     {"detach_all", (PyCFunction)Tracer_detach_all, METH_NOARGS, "let every attached process go"},
+    {"select", (PyCFunction)Tracer_select, METH_O, "select(names): the syscalls decide() is asked about"},
+    {"decide", (PyCFunction)(void (*)(void))Tracer_decide, METH_VARARGS | METH_KEYWORDS,
+     "decide(tid, errno=0, skip=False, close=False, delay=0.0, payload=None, length=-1, copies=1)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -137,6 +137,7 @@ class Transfer:
     msgtyp: int | None = None  # sysv-msg receive: the type asked for
     msgflg: int = 0  # sysv-msg receive: its flags (MSG_EXCEPT, MSG_COPY, MSG_NOERROR), and its buffer's size
     msgsz: int = 0
+    verdict: object = None  # the chain's verdict (its JSON) when one was asked for; None: forwarded
 
     @property
     def truncated(self) -> bool:
@@ -504,8 +505,50 @@ class ChannelTable:
             nfds=ev.nfds,
             sender=me if direction == "send" else Endpoint(),
             destination=me if direction == "recv" else Endpoint(),
+            verdict=ev.verdict,
         )
         return transfer, key
+
+    def preview(self, ev: Event) -> Transfer | None:
+        """The message a stopped call moves, before it is queued: what a decision about it can know.
+
+        A send (stopped at its entry, ``length`` the bytes it asks to send)
+        names its receiver as its record will. A receive (stopped at its
+        exit) names as sender the one other process holding the channel, or
+        its peer's credentials: which writes it consumed is settled later,
+        in its record. None: not a channel, or nothing moves.
+        """
+        if ev.domain:
+            self._learn_socket(ev)
+            ev.domain = 0  # learnt: feeding the event later need not learn it again
+        send = ev.name in SEND_CALLS
+        made = self._transfer(ev, "send" if send else "recv")
+        if made is None:
+            return None
+        transfer, key = made
+        channel = transfer.channel
+        if send:
+            transfer.destination = self._destination(channel, key, self._receiver(channel, ev.addr), ev.pid)
+        else:
+            if channel.kind in ("pipe", "fifo"):
+                holders = self._holders(key, False, ev.pid)
+            elif channel.peer is not None:
+                holders = self._holders((channel.dev, channel.peer), False, ev.pid)
+            else:
+                holders = []
+            if not holders and channel.peer_pid is not None and channel.peer_pid != ev.pid:
+                holders = [channel.peer_pid]
+            transfer.sender = self._one_endpoint(holders)
+        return transfer
+
+    def _destination(self, channel: Channel, key: Key, target: Key | None, pid: int) -> Endpoint:
+        """Who receives what ``pid`` sends on ``channel``: the one process that can, else unknown."""
+        if channel.kind in ("pipe", "fifo"):
+            return self._one_endpoint(self._holders(key, True, pid))
+        holders = self._holders(target, False, pid) if target is not None else []
+        if not holders and channel.peer_pid is not None and channel.peer_pid != pid:
+            holders = [channel.peer_pid]  # a peer outside the traced tree, by its credentials
+        return self._one_endpoint(holders)
 
     def _send(self, ev: Event) -> list[Transfer]:
         made = self._transfer(ev, "send")
@@ -514,13 +557,7 @@ class ChannelTable:
         transfer, key = made
         channel = transfer.channel
         target = self._receiver(channel, ev.addr)
-        if channel.kind in ("pipe", "fifo"):
-            transfer.destination = self._one_endpoint(self._holders(key, True, ev.pid))
-        else:
-            holders = self._holders(target, False, ev.pid) if target is not None else []
-            if not holders and channel.peer_pid is not None and channel.peer_pid != ev.pid:
-                holders = [channel.peer_pid]  # a peer outside the traced tree, by its credentials
-            transfer.destination = self._one_endpoint(holders)
+        transfer.destination = self._destination(channel, key, target, ev.pid)
         if target is not None:
             queue = self._queue(target, channel.stream)
             queued = _Queued(transfer, transfer.size)

@@ -10,14 +10,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 SYSCALL = 1  # an IPC syscall finished (one per message of sendmmsg/recvmmsg)
 ENTRY = 2  # a write-family syscall entered: its bytes may reach a reader before its exit is seen
 FORK = 3  # a process or thread was created (args[0]: new tid, args[1]: its thread group)
 EXEC = 4  # a process exec'd (args[0]: the thread that called execve)
 EXIT = 5  # a thread ended (ret: its wait status)
+DECIDE = 6  # a selected send entered (length: requested, payload: its bytes); its thread waits for decide()
 
 FAILED_READ = 1  # flag: the payload could not be copied out of the process
+WAITS = 2  # flag on a SYSCALL: a selected receive, its thread waits for decide()
+COPY = 4  # flag on a SYSCALL: a send the tracer ran again (a duplicate)
 
 HEADER = struct.Struct("=IHHiiQQq6qq2Q2Q2I2iQIHHIIiiiiQHHI")
 
@@ -51,6 +55,7 @@ class Event:
     peer_ino: int = 0
     local: bytes = b""  # its own address (getsockname)
     peer: bytes = b""  # its peer's (getpeername)
+    verdict: Any = None  # set by the tracer: what the chain decided about this call (a record's verdict)
 
 
 def encode(event: Event) -> bytes:

@@ -52,7 +52,7 @@ def data_fields(transfer: Transfer) -> dict[str, Any]:
         "size": transfer.size,
         "payload": transfer.payload.hex(),
         "fds": transfer.nfds,
-        "verdict": "forwarded",
+        "verdict": transfer.verdict if transfer.verdict is not None else "forwarded",
     }
     if transfer.priority is not None:
         fields["priority"] = transfer.priority

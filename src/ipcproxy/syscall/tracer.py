@@ -14,10 +14,20 @@ programs' IPC calls run unrecorded until they end; with ``kill_on_exit``, or
 on a second signal, it ends them with SIGKILL instead. A process traced with
 ``attach`` has no filter (one cannot be added from outside): it stops at every
 syscall while traced, and is detached from on SIGINT/SIGTERM.
+
+Decisions. With a chain (a policy, a fault plan, scripts), the loop stops
+every send on a pipe or socket at its entry and every receive at its exit and
+hands it over; here it becomes a data record's fields (through the channel
+table), a ``Context`` and a verdict (``intercept``), and the loop carries out
+the action the verdict maps to before that thread runs on. A call that did
+not run as asked (failed, dropped, closed) is recorded when it is decided;
+the others are recorded at their exit as usual, with the verdict. Without a
+chain nothing is selected and no call waits.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -26,12 +36,17 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from ..chain import Chain
 from ..errors import InputError, RunFailed
+from ..model import Action, Verdict
 from ..trace.recorder import Recorder
 from . import events
-from .channels import ChannelTable, Facts, Transfer
+from .channels import RECV_CALLS, SEND_CALLS, ChannelTable, Facts, Transfer
 from .framing import Framing
+from .intercept import SyscallAction, data_context, syscall_action
 from .records import data_fields, opaque_fields
+
+DECIDED_CALLS = (SEND_CALLS | RECV_CALLS) - {"sendmmsg", "recvmmsg"}  # one message per call
 
 FLUSH_EVERY = 0.05  # seconds: how old records may get before they are written (what a SIGKILL can lose)
 
@@ -61,8 +76,12 @@ class SyscallTrace:
         kill_on_exit: bool,
         attach: int | None = None,
         framing: Framing | None = None,
+        chain: Chain | None = None,
     ) -> None:
-        """Runs ``cmd``, or with ``attach`` traces that running process (and ``cmd`` is empty)."""
+        """Runs ``cmd``, or with ``attach`` traces that running process (and ``cmd`` is empty).
+
+        With a non-empty ``chain`` every message is decided by it before it moves.
+        """
         from . import _tracer  # type: ignore[attr-defined]
 
         self.cmd = list(cmd)
@@ -79,6 +98,10 @@ class SyscallTrace:
         self.signals = 0
         self.messages = 0
         self.framing = framing  # None: every message as written (one record per syscall)
+        self.chain = chain if chain is not None else Chain()
+        self.pending: dict[int, object] = {}  # tid -> the verdict of the send it is running
+        if self.chain:
+            self.loop.select(sorted(n for n in _tracer.SYSCALLS if n in DECIDED_CALLS))
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -166,6 +189,18 @@ class SyscallTrace:
             self._finish(self.stop_reason or "done")
 
     def _feed(self, ev: events.Event) -> None:
+        if ev.kind == events.DECIDE:
+            self._decide_send(ev)
+            return
+        if ev.kind == events.SYSCALL and self.chain:
+            if ev.flags & events.WAITS:
+                self._decide_recv(ev)
+            elif ev.flags & events.COPY:
+                ev.verdict = {"action": "injected", "reason": "a copy of the message before it (duplicated)"}
+            elif (verdict := self.pending.pop(ev.tid, None)) is not None:
+                ev.verdict = verdict
+        elif ev.kind == events.EXIT:
+            self.pending.pop(ev.tid, None)
         if ev.kind == events.EXIT and ev.tid == ev.pid:  # before the table forgets who it was
             ep = self.table.endpoint(ev.pid)
             self.recorder.event("exit", pid=ev.pid, exe=ep.exe, comm=ep.comm, status=_status_text(ev.ret))
@@ -183,6 +218,61 @@ class SyscallTrace:
             transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
             self.messages += 1
 
+    def _judge(self, transfer: Transfer) -> tuple[object, SyscallAction]:
+        """The chain's verdict on a message (as its record's ``verdict``) and what the loop does about it."""
+        fields = data_fields(transfer)
+        try:
+            verdict = self.chain.run(data_context(fields))
+            action = syscall_action(verdict, fields)
+        except Exception as exc:  # noqa: BLE001 - a message nobody could judge: fail closed when asked to
+            closed = any(i.fail_closed for i in self.chain.interceptors)
+            reason = f"could not decide: {type(exc).__name__}: {exc}"
+            verdict = Verdict(Action.DENY if closed else Action.FORWARD, reason=reason, notes={"error": reason})
+            action = syscall_action(verdict, fields)
+        out = verdict.to_json()
+        if action.errno and isinstance(out, dict):
+            out.setdefault("errno", errno.errorcode.get(action.errno, str(action.errno)))
+        return out, action
+
+    def _carry_out(self, tid: int, action: SyscallAction) -> None:
+        self.loop.decide(
+            tid,
+            errno=action.errno,
+            skip=action.skip,
+            close=action.close,
+            delay=action.delay_s,
+            payload=action.payload,
+            length=-1 if action.length is None else action.length,
+            copies=action.copies,
+        )
+
+    def _decide_send(self, ev: events.Event) -> None:
+        transfer = self.table.preview(ev)
+        if transfer is None:  # not a channel after all, or nothing to send
+            self.loop.decide(ev.tid)
+            self.table.feed(_entry(ev))
+            return
+        verdict, action = self._judge(transfer)
+        self._carry_out(ev.tid, action)
+        if action.errno or action.skip or action.close:  # it will not send as asked: recorded now
+            transfer.verdict = verdict
+            transfer.seq = self.recorder.record(data_fields(transfer), transfer.ts)
+            self.messages += 1
+            return
+        if verdict != "forwarded":
+            self.pending[ev.tid] = verdict
+        self.table.feed(_entry(ev))
+
+    def _decide_recv(self, ev: events.Event) -> None:
+        transfer = self.table.preview(ev)
+        if transfer is None:
+            self.loop.decide(ev.tid)
+            return
+        verdict, action = self._judge(transfer)
+        self._carry_out(ev.tid, action)
+        if verdict != "forwarded":
+            ev.verdict = verdict
+
     def _finish(self, reason: str) -> None:
         for transfer in self.table.finish():
             self._record(transfer)
@@ -194,3 +284,8 @@ class SyscallTrace:
             fields["status"] = _status_text(status)
         self.recorder.event("trace_stop", **fields)
         self.recorder.close()
+
+
+def _entry(ev: events.Event) -> events.Event:
+    """The ENTRY event a decided send stands for: its bytes may reach a reader before its exit is seen."""
+    return events.Event(events.ENTRY, ev.tid, ev.pid, ev.ts, ev.nr, ev.name, ev.args)
