@@ -329,6 +329,70 @@ def test_a_delay_holds_only_the_calling_thread(tmp_path: Path) -> None:
     assert len(pings) == 5 and all(p["seq"] < write["seq"] for p in pings)
 
 
+# ---------------------------------------------------------------- a real policy and a real fault plan
+
+
+def trace_with(
+    tmp_path: Path, *options: str, cmd: list[str]
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    trace = tmp_path / "trace.jsonl"
+    proc = subprocess.run(
+        [*IPCPROXY, "trace", "-q", "--force", *options, "-w", str(trace), "--", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    records = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+    return proc, records
+
+
+# printf may send nothing; every other program has no profile and is allowed
+PRINTF_MAY_NOT_SEND = (
+    "format: ipcproxy-policy\nversion: 1\nunknown: allow\ncomponents:\n- component: /usr/bin/printf\n  rules: []\n"
+)
+
+
+def test_a_policy_denies_the_write_printf_has_no_rule_for(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PRINTF_MAY_NOT_SEND)
+    proc, records = trace_with(tmp_path, "--policy", str(policy), cmd=PIPE_STATUS)
+    assert proc.stdout == "cat 0\n"  # nothing reached cat
+    # printf's own error message, on its stderr (a pipe too), was denied as well
+    writes = [r for r in data(records, direction="send") if comm(r["sender"]) == "printf"]
+    assert bytes.fromhex(writes[0]["payload"]) == b"MARK hello\n" and len(writes) >= 2
+    for write in writes:
+        v = verdict(write)
+        assert v["action"] == "denied" and v["by"] == "policy" and v["errno"] == "EACCES"
+        assert "/usr/bin/printf" in v["reason"] and "send: data" in v["needed"]
+    assert b"Permission denied" in b"".join(bytes.fromhex(w["payload"]) for w in writes)
+
+
+def test_the_same_policy_in_complain_mode_only_records(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PRINTF_MAY_NOT_SEND)
+    proc, records = trace_with(tmp_path, "--policy", str(policy), "--mode", "complain", cmd=PIPE_STATUS)
+    assert proc.stdout == "MARK hello\ncat 0\n" and proc.stderr == ""
+    (write,) = [r for r in data(records, direction="send") if comm(r["sender"]) == "printf"]
+    (read,) = [r for r in data(records, direction="recv") if comm(r["destination"]) == "cat"]
+    assert verdict(write)["action"] == "violation" and verdict(write)["by"] == "policy"
+    assert read["verdict"] == "forwarded"  # cat has no profile: allowed
+    assert read["consumed"] == [write["seq"]]
+
+
+def test_a_fault_plan_drops_the_first_write_of_printf(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "version: 1\nfaults:\n  - name: lose-first\n    match: {sender: /usr/bin/printf}\n"
+        "    when: {nth: 1}\n    action: {drop: {}}\n"
+    )
+    cmd = ["sh", "-c", "/usr/bin/printf 'one\\n' | /usr/bin/cat; /usr/bin/printf 'two\\n' | /usr/bin/cat"]
+    proc, records = trace_with(tmp_path, "--faults", str(plan), "--seed", "1", cmd=cmd)
+    assert proc.stdout == "two\n" and proc.returncode == 0
+    one, two = [r for r in data(records, direction="send") if comm(r["sender"]) == "printf"]
+    assert verdict(one)["fault"] == "lose-first" and verdict(one)["action"] == "dropped"
+    assert two["verdict"] == "forwarded"
+
+
 # ---------------------------------------------------------------- no chain, bad input
 
 
