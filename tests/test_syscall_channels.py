@@ -203,6 +203,16 @@ def test_a_forked_child_is_the_same_program_until_it_execs(table: ChannelTable) 
     assert (table.endpoint(11).pid, table.endpoint(11).exe, table.endpoint(11).uid) == (11, "/bin/sh", 1000)
 
 
+def test_a_child_that_exec_d_before_its_fork_was_seen_keeps_its_program(table: ChannelTable) -> None:
+    # the child's exec stop can be handled before the parent's fork event
+    feed(table, Event(events.EXEC, 10, 10, ts=1, args=(10, 1000, 0, 0, 0, 0), addr=b"sh", payload=b"/bin/sh"))
+    feed(table, pipe2(10, 500, flags=0o2000000))
+    feed(table, Event(events.EXEC, 11, 11, ts=2, args=(11, 1000, 0, 0, 0, 0), addr=b"cat", payload=b"/bin/cat"))
+    feed(table, fork(10, 11))
+    assert (table.endpoint(11).exe, table.endpoint(11).comm) == ("/bin/cat", "cat")
+    assert 3 not in table.fds.get(11, {}) and 4 not in table.fds.get(11, {})  # close-on-exec: gone with the exec
+
+
 def test_files_and_terminals_are_not_messages(table: ChannelTable) -> None:
     assert feed(table, data(10, "write", 1, 5, 77, dev=3, mode=REG)) == []
 

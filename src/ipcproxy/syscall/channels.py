@@ -195,6 +195,7 @@ class ChannelTable:
         self.queues: dict[Key, _Queue] = {}
         self.inflight: dict[int, Key | tuple[str]] = {}  # tid -> where its write goes
         self.endpoints: dict[int, Endpoint] = {}  # pid -> who it is (from exec and fork events)
+        self.execd: set[int] = set()  # pids that exec'd while traced
         self.not_ipc: set[Key] = set()  # inodes seen that are not channels (files, terminals)
         self.generation = 0  # changes whenever an fd table does
         self._holders_cache: dict[tuple[Key, bool, int], list[int]] = {}
@@ -236,16 +237,23 @@ class ChannelTable:
         if kind == events.FORK:
             child, group = ev.args[0], ev.args[1]
             if group == child and group != ev.pid:  # a new process: a copy of the fd table, the same program
-                parent = self.endpoint(ev.pid)
-                self.endpoints[child] = Endpoint(pid=child, uid=parent.uid, exe=parent.exe, comm=parent.comm)
+                # The child's own stops can be seen before its parent's fork event: a child that has
+                # exec'd already keeps the program it runs now, and not its close-on-exec fds.
+                execd = child in self.execd
+                if not execd:
+                    parent = self.endpoint(ev.pid)
+                    self.endpoints[child] = Endpoint(pid=child, uid=parent.uid, exe=parent.exe, comm=parent.comm)
                 mine = self.fds.setdefault(child, {})
                 for fd, entry in self.fds.get(ev.pid, {}).items():
+                    if execd and entry.cloexec:
+                        continue
                     mine.setdefault(fd, _Fd(entry.key, entry.read, entry.write, entry.cloexec))
                 for users in self.sysv_users.values():  # it knows the SysV queues its parent knew
                     if ev.pid in users:
                         users.add(child)
             return []
         if kind == events.EXEC:
+            self.execd.add(ev.pid)
             table = self.fds.get(ev.pid, {})
             for fd in [fd for fd, entry in table.items() if entry.cloexec]:
                 del table[fd]
@@ -264,6 +272,7 @@ class ChannelTable:
                 self.endpoints.pop(ev.pid, None)
                 for users in self.sysv_users.values():
                     users.discard(ev.pid)
+                self.execd.discard(ev.pid)
             return released
         return []
 
