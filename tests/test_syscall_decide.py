@@ -393,6 +393,30 @@ def test_a_fault_plan_drops_the_first_write_of_printf(tmp_path: Path) -> None:
     assert two["verdict"] == "forwarded"
 
 
+@pytest.mark.parametrize(
+    ("action", "stdout", "stderr_has", "recorded"),
+    [
+        ("{errno: {name: ENOSPC}}", "cat 0\n", "No space left on device", "error_reply"),
+        ("{truncate: {to: 4}}", "MARK hello\ncat 0\n", "", "modified"),  # printf writes the rest itself
+        ("{close: {}}", "cat 0\n", "Broken pipe", "disconnected"),
+        ("{duplicate: {copies: 2}}", "MARK hello\nMARK hello\ncat 0\n", "", "duplicated"),
+    ],
+)
+def test_a_data_fault_plan_on_printfs_write(
+    tmp_path: Path, action: str, stdout: str, stderr_has: str, recorded: str
+) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "version: 1\nfaults:\n  - name: f\n"
+        f"    match: {{transport: pipe, direction: send, process: /usr/bin/printf}}\n    when: {{nth: 1}}\n"
+        f"    action: {action}\n"
+    )
+    proc, records = trace_with(tmp_path, "--faults", str(plan), cmd=PIPE_STATUS)
+    assert proc.stdout == stdout and stderr_has in proc.stderr
+    first = [r for r in data(records, direction="send") if comm(r["sender"]) == "printf"][0]
+    assert verdict(first)["action"] == recorded and verdict(first)["fault"] == "f"
+
+
 # ---------------------------------------------------------------- no chain, bad input
 
 
