@@ -62,9 +62,10 @@ def data_selector_for(ctx: Context) -> dict[str, Any]:
     """The plan-form selector naming a data message by what stays the same from run to run.
 
     The process making the call by its executable, the call, its fd and the
-    channel's path (inodes and ephemeral ports change); a receive also by the
-    writer it read from. A send's receiver is left out: it is whoever held
-    the other end at that moment, which can still be the shell about to exec it.
+    channel's path (inodes and ephemeral ports change). The other end is left
+    out: a send's receiver is whoever held the other end at that moment (the
+    shell about to exec it, perhaps), and a receive's writer may not be known
+    yet when the tracer decides about the call (its write not seen to end).
     """
     data = ctx.data or {}
     sel: dict[str, Any] = {"type": "data", "transport": ctx.message.transport}
@@ -73,8 +74,6 @@ def data_selector_for(ctx: Context) -> dict[str, Any]:
             sel[key] = data[key]
     if ctx.client.exe:
         sel["process"] = ctx.client.exe
-    if data.get("direction") == "recv" and ctx.sender.exe and ctx.sender.pid is not None:
-        sel["sender"] = ctx.sender.exe
     path = (ctx.channel or {}).get("path")
     if path:
         sel["channel"] = {"path": path}
