@@ -76,3 +76,11 @@ def test_a_run_beside_the_golden_run_in_chromium(campaign: Any) -> None:
         screenshot(driver, "report-campaign")
         driver.execute_script("document.getElementById('propagation-graph').scrollIntoView()")
         screenshot(driver, "report-propagation")
+
+
+@pytest.mark.parametrize("option", [["--policy", "p.yaml"], ["--max-messages", "5"]])
+def test_options_of_a_trace_are_refused_with_a_campaign(campaign: Any, tmp_path: Path, option: list[str]) -> None:
+    out, _, _ = campaign
+    r = ipcproxy("report", str(out), *option, "-o", str(tmp_path / "x.html"), check=False)
+    assert r.returncode == 2 and option[0] in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "x.html").exists()

@@ -40,8 +40,9 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.max_messages is not None and args.max_messages < 1:
         raise InputError("report: --max-messages must be at least 1")
     campaign = args.input is not None and os.path.isdir(args.input)
-    if campaign and args.policy:
-        raise InputError("report: --policy goes with a trace, not with a campaign's folder")
+    if campaign and (args.policy or args.max_messages is not None):
+        option = "--policy" if args.policy else "--max-messages"
+        raise InputError(f"report: {option} goes with a trace, not with a campaign's folder")
     rules = OutputRules.from_args(args, [args.input, args.policy])
     check_file(args.output, rules)  # before reading the input, which may take a while
     if campaign:
