@@ -171,7 +171,7 @@ class ModelBuilder:
                 self._calls[("conn", rec.get("connection"), rec.get("serial"))] = row
 
     def _add_data(self, rec: dict[str, Any]) -> None:
-        """A write is the message (to the reader once a read shows who took it); an untraced writer's read too."""
+        """A write is the message, to the process that read it (once a read shows who); an untraced writer's read too."""
         src = self._key(rec.get("sender"), UNKNOWN)
         dst = self._key(rec.get("destination"), UNKNOWN)
         if rec.get("direction") == "send":
@@ -184,8 +184,10 @@ class ModelBuilder:
             self._row(rec, src, dst, KINDS.index("data"), rec.get("transport"), rec.get("syscall"), -1)
             return
         for item in consumed:
-            row = self._sends.get(item) if isinstance(item, int) else None
-            if row is not None and self._key_labels[self.cols["dst"][row]] == UNKNOWN:
+            # the process that read the bytes, rather than whoever held the reading end when they were
+            # written (a shell that has not yet handed the pipe to its reader, say)
+            row = self._sends.pop(item, None) if isinstance(item, int) else None
+            if row is not None:
                 self.cols["dst"][row] = dst
 
     def _row(
