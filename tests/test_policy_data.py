@@ -330,3 +330,79 @@ def test_learn_and_check_a_mixed_set_of_traces(tmp_path: Path) -> None:
     assert check(policy, dbus_trace, run1) == (0, [])
     diff = ipcproxy("diff-policy", str(policy), str(policy))
     assert diff.returncode == 0, diff.stdout
+
+
+# ---- live: the learnt policy enforced by `ipcproxy trace --policy` ----------------------------------
+
+
+def denials(path: Path, action: str) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [
+        r
+        for r in records
+        if r.get("type") == "data" and isinstance(r.get("verdict"), dict) and r["verdict"].get("action") == action
+    ]
+
+
+def traced(path: Path, policy: Path, mode: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*IPCPROXY, "trace", "-q", "-w", str(path), "--policy", str(policy), "--mode", mode, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+@real
+def test_enforced_pipeline_policy_blocks_other_bytes_with_eacces_and_nothing_else(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    learn(policy, trace(tmp_path / "run1.jsonl", PIPELINE.format(n=3000, text="hello world")))
+    held_out = traced(tmp_path / "run2.jsonl", policy, "enforce", "sh", "-c", PIPELINE.format(n=5000, text="good day"))
+    assert held_out.returncode == 0, held_out.stderr
+    assert denials(tmp_path / "run2.jsonl", "denied") == []
+    misuse = "printf 'rm -rf /\\n' | tr a-z A-Z >/dev/null"
+    blocked = traced(tmp_path / "run3.jsonl", policy, "enforce", "sh", "-c", misuse)
+    denied = denials(tmp_path / "run3.jsonl", "denied")
+    assert denied, blocked.stderr
+    # the bytes printf tried to send are refused (and its complaint on stderr, a pipe it never wrote to)
+    assert denied[0]["payload"] == b"rm -rf /\n".hex() and denied[0]["verdict"]["policy"] == "payload"
+    assert all(r["direction"] == "send" and r["verdict"]["errno"] == "EACCES" for r in denied)
+    records = [json.loads(line) for line in (tmp_path / "run3.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r.get("direction") == "recv" and r.get("size")]  # tr read nothing
+    # complain mode: the same misuse runs, and is only recorded
+    complained = traced(tmp_path / "run4.jsonl", policy, "complain", "sh", "-c", misuse)
+    assert complained.returncode == 0, complained.stderr
+    assert denials(tmp_path / "run4.jsonl", "denied") == []
+    assert denials(tmp_path / "run4.jsonl", "violation")
+
+
+@real
+@pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"{PYTHON} is not installed")
+def test_enforced_pool_policy_refuses_a_new_socket_with_eacces(tmp_path: Path) -> None:
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    policy = tmp_path / "p.yaml"
+    learn(policy, trace(tmp_path / "run1.jsonl", f"{PYTHON} {script} 200"))
+    held_out = traced(tmp_path / "run2.jsonl", policy, "enforce", PYTHON, str(script), "300")
+    assert held_out.returncode == 0, held_out.stderr
+    assert held_out.stdout.split() == [str(sum(x * x for x in range(300)))]
+    assert denials(tmp_path / "run2.jsonl", "denied") == []
+    misuse = traced(tmp_path / "run3.jsonl", policy, "enforce", PYTHON, str(script), "300", "misuse")
+    # the refused send raises; so much is new that even its traceback on stderr is refused
+    assert misuse.returncode == 1 and "sent" not in misuse.stdout
+    denied = [r for r in denials(tmp_path / "run3.jsonl", "denied") if r["transport"] == "unix"]
+    assert [(r["direction"], r["verdict"]["errno"]) for r in denied] == [("send", "EACCES")]
+
+
+@real
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_enforced_socat_policy_allows_a_held_out_session(tmp_path: Path) -> None:
+    dirs = [tmp_path / f"tmp{name}" for name in ("a9x2", "b7q1")]
+    for d in dirs:
+        d.mkdir()
+    policy = tmp_path / "p.yaml"
+    learn(policy, trace(tmp_path / "run1.jsonl", SOCAT.format(d=dirs[0], text="ping\\npong\\n")))
+    held_out = traced(tmp_path / "run2.jsonl", policy, "enforce", "sh", "-c", SOCAT.format(d=dirs[1], text="pong\\n"))
+    assert held_out.returncode == 0, held_out.stderr
+    assert held_out.stdout == "PONG\n"
+    assert denials(tmp_path / "run2.jsonl", "denied") == []
