@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -26,6 +27,21 @@ TIMEDATED = "/lib/systemd/systemd-timedated"
 
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None or os.path.exists(cmd)
+
+
+@functools.cache
+def trace_unavailable() -> str | None:
+    """Why `ipcproxy trace` cannot run here (None: it can): the reason its tests are skipped with."""
+    if os.geteuid() != 0:
+        return "needs root (ptrace of a seccomp-filtered tree)"
+    try:
+        import ipcproxy.syscall._tracer  # noqa: F401
+    except ImportError as exc:
+        return f"the stop loop is not built: {exc}"
+    proc = subprocess.run([*IPCPROXY, "trace", "-q", "--", "true"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return f"ptrace is not permitted here: {proc.stderr.strip()}"
+    return None
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from conftest import trace_unavailable
 from ipcproxy.model import Action
 from ipcproxy.policy.datachannel import address_glob, path_glob
 from ipcproxy.policy.decide import decide
@@ -187,20 +188,7 @@ def test_names_that_change_between_runs_are_generalised() -> None:
 # ---- real traces -----------------------------------------------------------------------------------
 
 
-def _ptrace_works() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ptrace of a seccomp-filtered tree)"
-    try:
-        import ipcproxy.syscall._tracer  # noqa: F401
-    except ImportError as exc:
-        return f"the stop loop is not built: {exc}"
-    proc = subprocess.run([*IPCPROXY, "trace", "-q", "--", "true"], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        return f"ptrace is not permitted here: {proc.stderr.strip()}"
-    return None
-
-
-_REASON = _ptrace_works()
+_REASON = trace_unavailable()
 real = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 

@@ -16,26 +16,13 @@ from typing import Any
 
 import pytest
 
-from conftest import have, read_trace
+from conftest import have, read_trace, trace_unavailable
 
 IPCPROXY = [sys.executable, "-m", "ipcproxy"]
 TIMEOUT = 120
 
 
-def _ptrace_works() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ptrace of a seccomp-filtered tree)"
-    try:
-        import ipcproxy.syscall._tracer  # noqa: F401
-    except ImportError as exc:
-        return f"the stop loop is not built: {exc}"
-    proc = subprocess.run([*IPCPROXY, "trace", "-q", "--", "true"], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        return f"ptrace is not permitted here: {proc.stderr.strip()}"
-    return None
-
-
-_REASON = _ptrace_works()
+_REASON = trace_unavailable()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 

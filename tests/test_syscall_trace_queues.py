@@ -19,23 +19,14 @@ from typing import Any
 
 import pytest
 
+from conftest import trace_unavailable
+
 IPCPROXY = [sys.executable, "-m", "ipcproxy"]
 TIMEOUT = 120
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ptrace of a seccomp-filtered tree)"
-    try:
-        import ipcproxy.syscall._tracer  # noqa: F401
-    except ImportError as exc:
-        return f"the stop loop is not built: {exc}"
-    proc = subprocess.run([*IPCPROXY, "trace", "-q", "--", "true"], capture_output=True, text=True, timeout=60)
-    return None if proc.returncode == 0 else f"ptrace is not permitted here: {proc.stderr.strip()}"
-
-
-traced = pytest.mark.skipif((_REASON := _reason()) is not None, reason=_REASON or "")
+traced = pytest.mark.skipif((_REASON := trace_unavailable()) is not None, reason=_REASON or "")
 
 
 def run_trace(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
