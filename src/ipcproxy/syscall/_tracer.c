@@ -773,6 +773,21 @@ static int count_rights(pid_t tid, uint64_t control, size_t controllen, Proc *pr
 }
 
 /* One data event: header, address, payload. */
+/* A syscall's event at its exit, with what every such event says; ``tail`` bytes follow it. */
+static Event *syscall_event(Tracer *t, const Tracee *e, int64_t ret, size_t tail) {
+    Event *ev = reserve(t, tail);
+    if (!ev) return NULL;
+    ev->kind = EV_SYSCALL;
+    ev->tid = e->tid;
+    ev->pid = e->tgid;
+    ev->ts = now_ns();
+    ev->ts_entry = e->ts_entry;
+    ev->nr = e->nr;
+    memcpy(ev->args, e->args, sizeof ev->args);
+    ev->ret = ret;
+    return ev;
+}
+
 static int emit_data(Tracer *t, Tracee *e, int64_t ret, unsigned index, const struct iovec *iov, size_t iovcnt,
                      uint64_t length, const unsigned char *addr, size_t addr_len, int nfds) {
     int failed = 0;
@@ -784,17 +799,9 @@ static int emit_data(Tracer *t, Tracee *e, int64_t ret, unsigned index, const st
         sock = &facts;
     size_t got = gather(t, e->tid, iov, iovcnt, length, &failed);
     if (addr_len > MAX_ADDR) addr_len = MAX_ADDR;
-    Event *ev = reserve(t, addr_len + sock_tail(sock) + got);
+    Event *ev = syscall_event(t, e, ret, addr_len + sock_tail(sock) + got);
     if (!ev) return -1;
-    ev->kind = EV_SYSCALL;
     ev->index = (uint16_t)index;
-    ev->tid = e->tid;
-    ev->pid = e->tgid;
-    ev->ts = now_ns();
-    ev->ts_entry = e->ts_entry;
-    ev->nr = e->nr;
-    memcpy(ev->args, e->args, sizeof ev->args);
-    ev->ret = ret;
     ev->fds[0] = (int32_t)e->args[0];
     ev->fds[1] = -1;
     ev->ino[0] = ino;
@@ -869,16 +876,8 @@ static uint64_t mq_held(pid_t tgid, int fd) {
 /* A call without payload: fds[0] and fds[1] (-1: none) described, ``length`` and ``tail`` (addr) as given. */
 static int emit_facts(Tracer *t, Tracee *e, int64_t ret, int fd0, int fd1, uint64_t length, const void *tail,
                       size_t tail_len) {
-    Event *ev = reserve(t, tail_len);
+    Event *ev = syscall_event(t, e, ret, tail_len);
     if (!ev) return -1;
-    ev->kind = EV_SYSCALL;
-    ev->tid = e->tid;
-    ev->pid = e->tgid;
-    ev->ts = now_ns();
-    ev->ts_entry = e->ts_entry;
-    ev->nr = e->nr;
-    memcpy(ev->args, e->args, sizeof ev->args);
-    ev->ret = ret;
     ev->fds[0] = fd0;
     ev->fds[1] = fd1;
     if (e->nr == SYS_mq_open) fd_forget(e->proc, fd0); /* a new fd */
@@ -899,16 +898,8 @@ static int emit_sysv(Tracer *t, Tracee *e, int64_t ret, uint64_t length) {
                           ? sizeof mtype : 0;
     struct iovec one = {(void *)(uintptr_t)((uint64_t)a[1] + sizeof(long)), (size_t)length};
     size_t got = ret >= 0 ? gather(t, e->tid, &one, 1, length, &failed) : 0;
-    Event *ev = reserve(t, addr_len + got);
+    Event *ev = syscall_event(t, e, ret, addr_len + got);
     if (!ev) return -1;
-    ev->kind = EV_SYSCALL;
-    ev->tid = e->tid;
-    ev->pid = e->tgid;
-    ev->ts = now_ns();
-    ev->ts_entry = e->ts_entry;
-    ev->nr = e->nr;
-    memcpy(ev->args, a, sizeof ev->args);
-    ev->ret = ret;
     ev->fds[0] = ev->fds[1] = -1;
     ev->length = length;
     ev->addr_len = (uint16_t)addr_len;
@@ -1057,16 +1048,8 @@ static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
     if (fds[0] >= 0 && S_ISSOCK(mode[0]) && (fresh ? 1 : !seen_add(t, ino[0])) && e->nr != SYS_socket &&
         describe_socket(t, e->tgid, fds[0], ino[0], &facts))
         sock = &facts;
-    Event *ev = reserve(t, addr_len + sock_tail(sock));
+    Event *ev = syscall_event(t, e, ret, addr_len + sock_tail(sock));
     if (!ev) return -1;
-    ev->kind = EV_SYSCALL;
-    ev->tid = e->tid;
-    ev->pid = e->tgid;
-    ev->ts = now_ns();
-    ev->ts_entry = e->ts_entry;
-    ev->nr = e->nr;
-    memcpy(ev->args, a, sizeof ev->args);
-    ev->ret = ret;
     for (int i = 0; i < 2; i++) {
         ev->fds[i] = fds[i];
         ev->ino[i] = ino[i];
