@@ -97,7 +97,7 @@ def payloads(records: list[dict[str, Any]]) -> list[bytes]:
 )
 def test_length_layouts(text: str, header: int, lengths: list[tuple[bytes, int]]) -> None:
     mode = parse_mode(text)
-    assert mode.header == header
+    assert mode is not None and mode.header == header
     for head, total in lengths:
         assert mode.measure(head, None) == total  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ record and warning; the rest of it is recorded as written.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import dataclasses
 import itertools
@@ -54,17 +55,17 @@ class FramingError(ValueError):
 
 
 # ---------------------------------------------------------------- modes
-class Mode:
-    """How a message's length follows from its first bytes (this base: as written, not framed)."""
+class Mode(abc.ABC):
+    """How a message's length follows from its first bytes (``as-written`` is no mode: not framed)."""
 
-    def __init__(self, name: str = "as-written", header: int = 0, keep_all: bool = False) -> None:
+    def __init__(self, name: str, header: int = 0, keep_all: bool = False) -> None:
         self.name = name  # as the user wrote it, and as records name it (``framing``)
         self.header = header  # bytes ``measure`` may need at most
         self.keep_all = keep_all  # keep every byte of a message (to decode it), not only --max-payload
 
+    @abc.abstractmethod
     def measure(self, head: bytes, stream: _Stream) -> int | None:
         """The message's total length, ``SCAN`` (ends at the next newline), or None (more bytes needed)."""
-        raise NotImplementedError
 
 
 class NewlineMode(Mode):
@@ -128,14 +129,14 @@ def _is_mode(text: str) -> bool:
     return text in ("as-written", "newline", "dbus") or text.startswith("length:")
 
 
-def parse_mode(text: str) -> Mode:
+def parse_mode(text: str) -> Mode | None:
     """``as-written``, ``newline``, ``dbus`` or ``length:SIZE[:be|le][:at=N][:adjust=N|:total]``."""
     if text == "newline":
         return NewlineMode()
     if text == "dbus":
         return DbusMode()
     if text == "as-written":
-        return Mode()
+        return None
     if not text.startswith("length:"):
         raise InputError(f"--framing {text}: unknown framing (as-written, newline, length:SIZE[:...], dbus)")
     parts = text.split(":")[1:]
@@ -174,7 +175,7 @@ class Rule:
     """``--framing [WHERE=]MODE``: which stream channels (None: all) get which mode."""
 
     where: str | None
-    mode: Mode
+    mode: Mode | None  # None: as written
 
     def matches(self, channel: Channel) -> bool:
         where = self.where
@@ -301,7 +302,7 @@ class Framing:
                 if rule.where is None and isinstance(rule.mode, DbusMode) and channel.kind not in ("unix", "tcp"):
                     continue  # D-Bus runs over sockets: a plain "dbus" leaves pipes and FIFOs alone
                 if rule.matches(channel):
-                    mode = rule.mode if rule.mode.name != "as-written" else None
+                    mode = rule.mode
                     break
         if len(self.modes) > 65536:
             self.modes.clear()
