@@ -1,4 +1,4 @@
-"""Options shared by the capturing commands: run, proxy, interpose, monitor (and trace's command words)."""
+"""Options shared by the capturing commands: run, proxy, interpose, monitor; trace and watch (syscall level)."""
 
 from __future__ import annotations
 
@@ -20,50 +20,103 @@ def command_after_dashes(words: list[str]) -> list[str]:
 
 def add_capture_options(p: argparse.ArgumentParser, manipulate: bool = True) -> None:
     """The trace and live-view options; with ``manipulate``, also policy, faults and scripts."""
-    p.add_argument("-w", "--write", metavar="FILE", help="write the trace (.pcap/.pcapng: pcap)")
-    add_output_options(p, "the -w file")
+    add_write_options(p, ".pcap/.pcapng: pcap")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print messages live")
     p.add_argument("--filter", metavar="EXPR", help="live view: only messages matching EXPR")
     p.add_argument("--no-args", action="store_true", help="do not decode arguments into the trace")
     if manipulate:
-        p.add_argument("--policy", metavar="FILE", help="policy to enforce (see docs/policy.md)")
-        p.add_argument("--mode", choices=["enforce", "complain"], default="enforce")
-        p.add_argument("--faults", metavar="PLAN", help="fault plan to apply (see docs/faults.md)")
-        p.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
-        p.add_argument(
-            "-s",
-            "--script",
-            metavar="FILE.py",
-            action="append",
-            default=[],
-            help="load interceptors from a Python file (repeatable)",
-        )
+        add_chain_options(p)
         p.add_argument(
             "--auth-timeout",
             metavar="SECONDS",
-            type=_positive(float),
+            type=positive(float, "seconds"),
             default=30.0,
             help="close a client that has not authenticated within SECONDS (default 30)",
         )
         p.add_argument(
             "--max-pending",
             metavar="N",
-            type=_positive(int),
+            type=positive(int),
             default=256,
             help="refuse new clients while N are still authenticating (default 256)",
         )
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """An argparse type: a number above 0."""
+def add_write_options(p: argparse.ArgumentParser, formats: str) -> None:
+    """-w FILE and what decides which messages and fields reach it (``outputs``)."""
+    p.add_argument("-w", "--write", metavar="FILE", help=f"write the trace ({formats})")
+    add_output_options(p, "the -w file")
+
+
+def add_chain_options(
+    p: argparse.ArgumentParser,
+    *,
+    policy: str = "policy to enforce (see docs/policy.md)",
+    mode: str | None = None,
+    faults: str = "fault plan to apply (see docs/faults.md)",
+    seed: str = "seed for probabilistic faults",
+    script: str = "load interceptors from a Python file (repeatable)",
+) -> None:
+    """--policy, --mode, --faults, --seed and -s: what builds the chain, the same for every transport (help aside)."""
+    p.add_argument("--policy", metavar="FILE", help=policy)
+    p.add_argument("--mode", choices=["enforce", "complain"], default="enforce", help=mode)
+    p.add_argument("--faults", metavar="PLAN", help=faults)
+    p.add_argument("--seed", type=int, default=None, help=seed)
+    p.add_argument("-s", "--script", metavar="FILE.py", action="append", default=[], help=script)
+
+
+def add_max_payload_option(p: argparse.ArgumentParser, maximum: int, *, say_maximum: bool) -> None:
+    """--max-payload for the syscall-level commands: how much of each message the trace keeps."""
+    most = f", at most {maximum}" if say_maximum else ""
+    p.add_argument(
+        "--max-payload",
+        type=byte_count(maximum),
+        default=4096,
+        metavar="N",
+        help=f"bytes of each message's payload to record{most} (the full size is always recorded; default 4096)",
+    )
+
+
+def add_framing_option(p: argparse.ArgumentParser, modes: str, like: str = "") -> None:
+    """--framing for the syscall-level commands (rules parsed by ``syscall.framing.parse_rule``)."""
+    p.add_argument(
+        "--framing",
+        action="append",
+        default=[],
+        metavar="[WHERE=]MODE",
+        help=f"turn the byte streams of pipes, FIFOs, Unix stream and TCP sockets into messages{like}: {modes}; "
+        "WHERE (pipe, fifo, unix, tcp, tcp:PORT or a socket or FIFO path) selects channels; repeat it, "
+        "the first match wins",
+    )
+
+
+def positive(kind: type[int] | type[float], unit: str = "") -> Callable[[str], int | float]:
+    """An argparse type: a number above 0 (of ``unit``, named in its errors)."""
+    of_unit = f" of {unit}" if unit else ""
 
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+            whole = "whole " if kind is int else ""
+            raise argparse.ArgumentTypeError(f"not a {whole}number{of_unit}: {text!r}") from None
         if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+            raise argparse.ArgumentTypeError(f"must be more than 0{' ' + unit if unit else ''}: {text}")
+        return value
+
+    return parse
+
+
+def byte_count(maximum: int) -> Callable[[str], int]:
+    """An argparse type: a number of bytes from 0 to ``maximum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+        if not 0 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {maximum} bytes: {value}")
         return value
 
     return parse

@@ -6,33 +6,22 @@ import argparse
 import sys
 from collections.abc import Mapping
 
-from ..outputs import add_output_options
-from .capture import command_after_dashes
+from .capture import (
+    add_chain_options,
+    add_framing_option,
+    add_max_payload_option,
+    add_write_options,
+    command_after_dashes,
+)
 
 HELP = "run CMD and record the IPC of its whole process tree at the syscall level"
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
-    if not 0 <= value <= 64 << 20:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {64 << 20} bytes: {value}")
-    return value
+MAX_PAYLOAD = 64 << 20
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-w", "--write", metavar="FILE", help="write the trace (JSON Lines)")
-    add_output_options(p, "the -w file")
+    add_write_options(p, "JSON Lines")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print messages live")
-    p.add_argument(
-        "--max-payload",
-        type=_size,
-        default=4096,
-        metavar="N",
-        help="bytes of each message's payload to record (the full size is always recorded; default 4096)",
-    )
+    add_max_payload_option(p, MAX_PAYLOAD, say_maximum=False)
     p.add_argument(
         "-p",
         "--pid",
@@ -45,33 +34,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="on SIGINT/SIGTERM end the traced programs (default: finish the trace and let them run to their end)",
     )
-    p.add_argument(
-        "--framing",
-        action="append",
-        default=[],
-        metavar="[WHERE=]MODE",
-        help="turn the byte streams of pipes, FIFOs, Unix stream and TCP sockets into messages: as-written "
-        "(default), newline, length:SIZE[:be|le][:at=N][:adjust=N|:total], dbus; WHERE (pipe, fifo, unix, tcp, "
-        "tcp:PORT or a socket or FIFO path) selects channels; repeat it, the first match wins",
-    )
-    p.add_argument(
-        "--policy", metavar="FILE", help="policy to enforce on every message: a denied call fails (docs/policy.md)"
-    )
-    p.add_argument(
-        "--mode",
-        choices=["enforce", "complain"],
-        default="enforce",
-        help="enforce: a denied call fails with EACCES; complain: it runs and is recorded as a violation",
-    )
-    p.add_argument("--faults", metavar="PLAN", help="fault plan to apply to the messages (docs/faults.md)")
-    p.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults (default: the plan's)")
-    p.add_argument(
-        "-s",
-        "--script",
-        metavar="FILE.py",
-        action="append",
-        default=[],
-        help="load interceptors from a Python file (repeatable; docs/interceptors.md)",
+    add_framing_option(p, "as-written (default), newline, length:SIZE[:be|le][:at=N][:adjust=N|:total], dbus")
+    add_chain_options(
+        p,
+        policy="policy to enforce on every message: a denied call fails (docs/policy.md)",
+        mode="enforce: a denied call fails with EACCES; complain: it runs and is recorded as a violation",
+        faults="fault plan to apply to the messages (docs/faults.md)",
+        seed="seed for probabilistic faults (default: the plan's)",
+        script="load interceptors from a Python file (repeatable; docs/interceptors.md)",
     )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
 

@@ -7,32 +7,12 @@ import os
 import sys
 from collections.abc import Mapping
 
-from ..outputs import add_output_options
+from .capture import add_framing_option, add_max_payload_option, add_write_options, positive
 
 HELP = "record the IPC of every running process (or those selected) with eBPF, nothing restarted"
 
 MAX_PAYLOAD = 8192  # the most one kernel event carries (watch.bpf.c CAP)
 TRANSPORT_NAMES = ("pipe", "fifo", "unix", "tcp", "udp")
-
-
-def _payload(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
-    if not 0 <= value <= MAX_PAYLOAD:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_PAYLOAD} bytes: {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text}")
-    return value
 
 
 def _transports(text: str) -> list[str]:
@@ -58,8 +38,7 @@ def _buffer(text: str) -> int:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-w", "--write", metavar="FILE", help="write the trace (JSON Lines)")
-    add_output_options(p, "the -w file")
+    add_write_options(p, "JSON Lines")
     p.add_argument("-v", "--verbose", action="store_true", help="print messages live (always, without -w)")
     p.add_argument(
         "--pid",
@@ -86,13 +65,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help=f"only these transports, comma-separated (default all: {','.join(TRANSPORT_NAMES)})",
     )
-    p.add_argument(
-        "--max-payload",
-        type=_payload,
-        default=4096,
-        metavar="N",
-        help=f"bytes of each message's payload to record, at most {MAX_PAYLOAD} (the full size is always recorded; default 4096)",
-    )
+    add_max_payload_option(p, MAX_PAYLOAD, say_maximum=True)
     p.add_argument(
         "--buffer",
         type=_buffer,
@@ -100,16 +73,13 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="the kernel's ring buffer (a power of two, 4K to 1G; default 64M): what a burst may fill before events are lost",
     )
+    add_framing_option(p, "as-written (default), newline, length:…, dbus", like=", as `ipcproxy trace --framing` does")
     p.add_argument(
-        "--framing",
-        action="append",
-        default=[],
-        metavar="[WHERE=]MODE",
-        help="turn the byte streams of pipes, FIFOs, Unix stream and TCP sockets into messages, as `ipcproxy trace "
-        "--framing` does: as-written (default), newline, length:…, dbus; WHERE (pipe, fifo, unix, tcp, tcp:PORT "
-        "or a socket or FIFO path) selects channels; repeat it, the first match wins",
+        "--duration",
+        type=positive(float, "seconds"),
+        metavar="S",
+        help="stop after S seconds (default: on SIGINT/SIGTERM)",
     )
-    p.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds (default: on SIGINT/SIGTERM)")
 
 
 def _cgroup_id(path: str) -> int:
