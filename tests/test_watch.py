@@ -100,6 +100,11 @@ class Watched:
 
 @pytest.fixture
 def watched(tmp_path: Path) -> Iterator[Any]:
+    yield from watching(tmp_path)
+
+
+def watching(tmp_path: Path) -> Iterator[Any]:
+    """The ``watched`` fixture's body (the other watch test files make theirs of it)."""
     made: list[Watched] = []
 
     def make(cmd: list[str], *extra: str, **kw: Any) -> Watched:
@@ -400,7 +405,7 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
         (["--pid", "999999999"], "no such process"),
         (["--cgroup", str(tmp_path)], "not a cgroup"),
         (["--exe", str(tmp_path / "nothing")], "nothing"),
-        (["--max-payload", "100000"], "8192"),
+        (["--max-payload", "300000"], "262144"),
         (["--buffer", "3M"], "power of two"),
     ):
         r = subprocess.run([*IPCPROXY, "watch", *args], capture_output=True, text=True, timeout=60)

@@ -11,8 +11,8 @@ from .capture import add_framing_option, add_max_payload_option, add_write_optio
 
 HELP = "record the IPC of every running process (or those selected) with eBPF, nothing restarted"
 
-MAX_PAYLOAD = 8192  # the most one kernel event carries (watch.bpf.c CAP)
-TRANSPORT_NAMES = ("pipe", "fifo", "unix", "tcp", "udp")
+MAX_PAYLOAD = 256 << 10  # the most one kernel event carries (watch.bpf.c CAP)
+TRANSPORT_NAMES = ("pipe", "fifo", "unix", "tcp", "udp", "mq", "sysv-msg")
 
 
 def _transports(text: str) -> list[str]:

@@ -208,6 +208,9 @@ static int Watcher_init(Watcher *w, PyObject *args, PyObject *kw)
 	map = bpf_object__find_map_by_name(w->obj, "events");
 	if (map && ring_bytes)
 		bpf_map__set_max_entries(map, (uint32_t)ring_bytes);
+	map = bpf_object__find_map_by_name(w->obj, "scratch"); /* one per CPU, indexed by CPU */
+	if (map && libbpf_num_possible_cpus() > 0)
+		bpf_map__set_max_entries(map, (uint32_t)libbpf_num_possible_cpus());
 	err = bpf_object__load(w->obj);
 	if (err) {
 		errno = -err;

@@ -6,6 +6,10 @@ slots (own address, peer's address, a datagram's address), then the payload;
 the reader spools each event padded to 8 bytes. They become the syscall
 tracer's ``events.Event``s, so the one channel table (``syscall/channels.py``)
 names both ends of a watched message as it does for a traced one.
+
+Two kinds are the watch's own: ``PROC``, the first event of a process (its
+executable's path, walked in the kernel, as NUL-ended components from the
+file up), and ``MSGGET`` (a SysV queue's key and id).
 """
 
 from __future__ import annotations
@@ -22,13 +26,31 @@ HEADER = struct.Struct("=IHHIIQqQQQQIIiIiIIIHHHHHHI16s")
 AREA = 336
 SLOT = 112
 
-DATA, ENTRY, FORK, EXEC, EXIT = 1, 2, 3, 4, 5
+DATA, ENTRY, FORK, EXEC, EXIT, PROC, MSGGET = 1, 2, 3, 4, 5, 6, 7
 F_PIPEFS, F_AREA, F_FAILED_READ = 1, 2, 4
 
-CALLS = {1: "read", 2: "write", 3: "readv", 4: "writev", 5: "sendto", 6: "recvfrom", 7: "sendmsg", 8: "recvmsg"}
+CALLS = {
+    1: "read",
+    2: "write",
+    3: "readv",
+    4: "writev",
+    5: "sendto",
+    6: "recvfrom",
+    7: "sendmsg",
+    8: "recvmsg",
+    9: "preadv2",
+    10: "pwritev2",
+    11: "sendmmsg",
+    12: "recvmmsg",
+    13: "mq_timedsend",
+    14: "mq_timedreceive",
+    15: "msgsnd",
+    16: "msgrcv",
+}
 SYSCALLS = tuple(CALLS.values())
+MSGRCV = 16
 
-TRANSPORTS = {"pipe": 1, "fifo": 2, "unix": 4, "tcp": 8, "udp": 16}
+TRANSPORTS = {"pipe": 1, "fifo": 2, "unix": 4, "tcp": 8, "udp": 16, "mq": 32, "sysv-msg": 64}
 
 
 def user_dev(kdev: int) -> int:
@@ -53,6 +75,12 @@ class Raw:
     comm: str
     domain: int  # a socket's family, on every event (the Event has it only when the addresses came along)
     offset: int  # where it starts in its batch
+
+
+def path(walked: bytes) -> bytes:
+    """An executable's path from the components the kernel walked (leaf first, each ending in NUL)."""
+    parts = walked.split(b"\0")[:-1]
+    return b"/" + b"/".join(reversed(parts)) if parts else b""
 
 
 def decode(batch: bytes) -> Iterator[Raw]:
@@ -94,6 +122,10 @@ def decode_from(batch: bytes, offset: int) -> Iterator[Raw]:
             at += AREA
         payload = batch[at : at + plen]
         if kind in (DATA, ENTRY):
+            args = (fd, 0, arg2, arg3, 0, 0)
+            if call == MSGRCV:  # msgsz, msgtyp (a signed long), msgflg
+                args = (fd, 0, arg2, arg3 - (1 << 64) if arg3 >> 63 else arg3, nfds, 0)
+                nfds = 0
             ev = Event(
                 sysevents.SYSCALL if kind == DATA else sysevents.ENTRY,
                 tid,
@@ -101,7 +133,7 @@ def decode_from(batch: bytes, offset: int) -> Iterator[Raw]:
                 ts,
                 call,
                 CALLS.get(call, ""),
-                (fd, 0, arg2, arg3, 0, 0),
+                args,
                 ret,
                 ts,
                 0,
@@ -124,8 +156,12 @@ def decode_from(batch: bytes, offset: int) -> Iterator[Raw]:
             )
         elif kind == FORK:
             ev = Event(sysevents.FORK, tid, pid, ts, args=(arg2, arg3, 0, 0, 0, 0))
-        elif kind == EXEC:
-            ev = Event(sysevents.EXEC, tid, pid, ts, args=(tid, uid, 0, 0, 0, 0), payload=payload, addr=comm.encode())
+        elif kind in (PROC, EXEC):
+            ev = Event(
+                sysevents.EXEC, tid, pid, ts, args=(tid, uid, 0, 0, 0, 0), payload=path(payload), addr=comm.encode()
+            )
+        elif kind == MSGGET:
+            ev = Event(sysevents.SYSCALL, tid, pid, ts, name="msgget", args=(arg2, 0, 0, 0, 0, 0), ret=ret)
         else:
             ev = Event(sysevents.EXIT, tid, pid, ts, ret=ret)
         yield Raw(kind, ev, bool(flags & F_PIPEFS), lost, uid, comm, domain, offset)

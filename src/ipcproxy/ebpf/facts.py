@@ -85,10 +85,15 @@ class WatchFacts:
         return None
 
     def queue_name(self, pid: int, fd: int) -> str | None:
-        return None  # message queues are not hooked by the watch (docs/commands-watch.md)
+        """A POSIX queue's name, as the kernel gave it with the event (its file's name in the mqueue fs)."""
+        raw = self.current
+        if raw is not None and raw.event.local:
+            return "/" + raw.event.local.decode(errors="replace")
+        return self._system.queue_name(pid, fd)
 
     def sysv_key(self, kind: str, ident: int) -> int | None:
-        return None
+        """A SysV queue whose msgget was not seen (made before the watch): /proc/sysvipc, while it exists."""
+        return self._system.sysv_key(kind, ident)
 
     def endpoint(self, pid: int) -> Endpoint:
         raw = self.current

@@ -25,18 +25,23 @@ char LICENSE[] SEC("license") = "GPL";
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;  /* an untyped pointer as a BTF one */
 
-#define CAP 8192              /* the most payload one event carries (a power of two; a per-CPU value holds at most 32 KiB) */
+#define CAP (256 << 10)       /* the most payload one event carries (a power of two): --max-payload's limit */
 #define AREA 336              /* a socket's addresses: local[112] peer[112] msgaddr[112] */
 #define ALEN 112
-#define MAX_IOV 8
+#define MAX_IOV 8             /* iovecs copied inline; the rest (up to UIO_MAXIOV) by a bpf_loop */
+#define UIO_MAXIOV 1024
+#define MAX_MMSG 1024
+#define MQUEUE_MAGIC 0x19800202
+#define TS_COMPAT 0x0002
 #define PIPEFS_MAGIC 0x50495045
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define S_IFIFO 0010000
 
-enum kind { K_DATA = 1, K_ENTRY = 2, K_FORK = 3, K_EXEC = 4, K_EXIT = 5 };
-enum call { C_READ = 1, C_WRITE, C_READV, C_WRITEV, C_SENDTO, C_RECVFROM, C_SENDMSG, C_RECVMSG };
-enum transport { T_PIPE = 1, T_FIFO = 2, T_UNIX = 4, T_TCP = 8, T_UDP = 16 };
+enum kind { K_DATA = 1, K_ENTRY = 2, K_FORK = 3, K_EXEC = 4, K_EXIT = 5, K_PROC = 6, K_MSGGET = 7 };
+enum call { C_READ = 1, C_WRITE, C_READV, C_WRITEV, C_SENDTO, C_RECVFROM, C_SENDMSG, C_RECVMSG,
+	    C_PREADV2, C_PWRITEV2, C_SENDMMSG, C_RECVMMSG, C_MQSEND, C_MQRECV, C_MSGSND, C_MSGRCV };
+enum transport { T_PIPE = 1, T_FIFO = 2, T_UNIX = 4, T_TCP = 8, T_UDP = 16, T_MQ = 32, T_SYSV = 64 };
 enum flag { F_PIPEFS = 1, F_AREA = 2, F_FAILED_READ = 4 };
 enum filter { W_PID = 1, W_COMM = 2, W_CGROUP = 4, W_EXE = 8 };
 
@@ -54,10 +59,10 @@ struct event {
 	__u64 peer_ino;
 	__u32 dev;
 	__u32 mode;
-	__s32 fd;
+	__s32 fd;        /* msgsnd/msgrcv/msgget: the queue's id */
 	__u32 uid;
 	__s32 peer_pid;
-	__u32 nfds;
+	__u32 nfds;      /* msgrcv: its flags */
 	__u32 plen;      /* payload bytes that follow */
 	__u32 lost;      /* events this CPU could not put in the ring buffer since its previous one */
 	__u16 domain;
@@ -102,12 +107,21 @@ struct {
 	__type(value, struct config);
 } settings SEC(".maps");
 
+/* one per possible CPU (the loader sets the count), indexed by CPU: larger than a per-CPU value may be */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch SEC(".maps");
+
+/* the processes whose identity (exe, start) was sent: kept on the task, so a reused pid is someone new */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} introduced SEC(".maps");
 
 /* [0]: lost since this CPU's last event, [1]: lost in all */
 struct {
@@ -158,6 +172,12 @@ static __always_inline struct config *cfg(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+static __always_inline struct scratch *this_scratch(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	return bpf_map_lookup_elem(&scratch, &cpu);
 }
 
 static __always_inline int wanted_task(struct config *c, struct task_struct *task, __u32 tgid)
@@ -389,11 +409,52 @@ static __always_inline __u32 copy_buf(char *dst, const void *src, __u64 want)
 	return n;
 }
 
-static __always_inline __u32 copy_iov(char *dst, const struct iovec *iov, __u64 iovcnt, __u64 want)
+struct iov_rest {
+	const struct iovec *iov;
+	__u64 want;
+	__u32 base;  /* where the payload starts in the scratch data: 0, or AREA after a socket's addresses */
+	__u32 off;
+};
+
+/* One more iovec (past the first MAX_IOV) into the payload, as a bpf_loop step: 1 stops the loop. */
+static long copy_iov_step(__u32 i, void *ctx)
+{
+	struct iov_rest *r = ctx;
+	struct scratch *s = this_scratch();
+	struct iovec v;
+	__u64 n, at;
+	if (!s || r->off >= r->want || r->off >= CAP)
+		return 1;
+	if (bpf_probe_read_user(&v, sizeof(v), &r->iov[i]))
+		return 1;
+	n = v.iov_len;
+	if (n > r->want - r->off)
+		n = r->want - r->off;
+	at = (__u64)r->base + r->off;
+	barrier_var(at);  /* the bound checked on the register that is used (else the compiler checks a copy) */
+	if (at > AREA + CAP || n > CAP)
+		return 1;
+	if (bpf_probe_read_user(s->data + at, n & (2 * CAP - 1), v.iov_base))
+		return 1;
+	r->off += n;
+	return 0;
+}
+
+/* The iovecs past the first MAX_IOV (a writev or sendmsg of many pieces): bytes copied in all. */
+static __noinline __u32 copy_iov_rest(__u32 base, const struct iovec *iov, __u64 iovcnt, __u64 want, __u32 off)
+{
+	struct iov_rest r = {.iov = iov + MAX_IOV, .want = want, .base = base, .off = off};
+	if (iovcnt > UIO_MAXIOV)
+		iovcnt = UIO_MAXIOV;
+	if (iovcnt <= MAX_IOV || off >= want)
+		return off;
+	bpf_loop(iovcnt - MAX_IOV, copy_iov_step, &r, 0);
+	return r.off;
+}
+
+static __always_inline __u32 copy_iov8(char *dst, const struct iovec *iov, __u64 iovcnt, __u64 want)
 {
 	__u32 off = 0;
-	if (want > CAP)
-		want = CAP;
 	for (int i = 0; i < MAX_IOV; i++) {
 		struct iovec v;
 		__u64 n;
@@ -410,6 +471,18 @@ static __always_inline __u32 copy_iov(char *dst, const struct iovec *iov, __u64 
 			break;
 		off += n;
 	}
+	return off;
+}
+
+/* ``dst`` is the scratch data at ``base`` (0, or AREA after a socket's addresses). */
+static __always_inline __u32 copy_iov(char *dst, const struct iovec *iov, __u64 iovcnt, __u64 want, __u32 base)
+{
+	__u32 off;
+	if (want > CAP)
+		want = CAP;
+	off = copy_iov8(dst, iov, iovcnt, want);
+	if (iovcnt > MAX_IOV)  /* rare: the first MAX_IOV inline, the rest in a loop */
+		off = copy_iov_rest(base, iov, iovcnt, want, off);
 	return off;
 }
 
@@ -444,6 +517,14 @@ static __always_inline int call_of(long nr)
 	case 45: return C_RECVFROM;
 	case 46: return C_SENDMSG;
 	case 47: return C_RECVMSG;
+	case 327: return C_PREADV2;
+	case 328: return C_PWRITEV2;
+	case 307: return C_SENDMMSG;
+	case 299: return C_RECVMMSG;
+	case 242: return C_MQSEND;
+	case 243: return C_MQRECV;
+	case 69: return C_MSGSND;
+	case 70: return C_MSGRCV;
 	}
 	return 0;
 }
@@ -469,8 +550,7 @@ static __always_inline void emit(struct scratch *s, __u32 size)
 
 static __always_inline struct scratch *start(__u16 kind)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct scratch *s = this_scratch();
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!s)
 		return NULL;
@@ -492,6 +572,287 @@ static __always_inline struct scratch *start(__u16 kind)
 #define ARG4(regs) ((regs)->r8)
 #define ARG5(regs) ((regs)->r9)
 
+/* ---------------------------------------------------------------- beyond read/write: kept out of the hot path */
+
+/* A 32-bit program's call: other numbers, other structures (iovecs, msghdrs): not recorded. */
+static __always_inline int compat(struct task_struct *task)
+{
+	return task->thread_info.status & TS_COMPAT;
+}
+
+#define PATH_AREA 4096
+#define NAME_MAX1 256
+
+struct walk {
+	struct dentry *d;
+	struct mount *m;
+	__u32 off;
+};
+
+/* One component of the executable's path (leaf first, each ending in NUL), as a bpf_loop step. */
+static long walk_step(__u32 i, void *ctx)
+{
+	struct walk *w = ctx;
+	struct scratch *s = this_scratch();
+	struct dentry *d = w->d, *up;
+	struct mount *m = w->m;
+	long n;
+	if (!s || !d || w->off > PATH_AREA - NAME_MAX1)
+		return 1;
+	if (d == BPF_CORE_READ(m, mnt.mnt_root)) {  /* the top of a mount: on from where it is mounted */
+		struct mount *parent = BPF_CORE_READ(m, mnt_parent);
+		if (!parent || parent == m)
+			return 1;
+		w->d = BPF_CORE_READ(m, mnt_mountpoint);
+		w->m = parent;
+		return 0;
+	}
+	up = BPF_CORE_READ(d, d_parent);
+	if (!up || up == d)
+		return 1;
+	n = bpf_probe_read_kernel_str(s->data + (w->off & (PATH_AREA - 1)), NAME_MAX1, BPF_CORE_READ(d, d_name.name));
+	if (n <= 0)
+		return 1;
+	w->off += n;
+	w->d = up;
+	return 0;
+}
+
+/* The path of the task's executable into the scratch data (as walk_step writes it); its length. */
+static __always_inline __u32 exe_path(struct task_struct *task)
+{
+	struct walk w = {};
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	if (exe) {
+		struct vfsmount *mnt = BPF_CORE_READ(exe, f_path.mnt);
+		w.d = BPF_CORE_READ(exe, f_path.dentry);
+		w.m = (struct mount *)((char *)mnt - bpf_core_field_offset(struct mount, mnt));
+		bpf_loop(64, walk_step, &w, 0);
+	}
+	return w.off;
+}
+
+/* The first event of a process (a task that has not been introduced: a pid used again is a new task):
+ * who it is, from the kernel, so that a record never names a pid by what /proc says later. */
+static __always_inline void introduce(struct config *c, struct task_struct *task)
+{
+	struct task_struct *leader = task->group_leader;
+	struct scratch *s;
+	__u32 len;
+	if (!leader || bpf_task_storage_get(&introduced, leader, 0, 0))
+		return;
+	if (!bpf_task_storage_get(&introduced, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
+		return;
+	s = start(K_PROC);
+	if (!s)
+		return;
+	len = exe_path(task);
+	s->ev.plen = len;
+	s->ev.arg2 = BPF_CORE_READ(leader, start_boottime);
+	emit(s, sizeof(struct event) + (len & (2 * PATH_AREA - 1)));
+}
+
+/* A POSIX message queue's fd: its inode and its name (into the own-address slot). */
+static __always_inline int describe_mq(struct config *c, struct task_struct *task, int fd, struct scratch *s)
+{
+	struct file *file = fd_file(task, fd);
+	struct inode *inode;
+	long n;
+	if (!file || !(c->transports & T_MQ))
+		return 0;
+	file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
+	inode = file->f_inode;
+	if (!inode || inode->i_sb->s_magic != MQUEUE_MAGIC)
+		return 0;
+	s->ev.ino = inode->i_ino;
+	s->ev.dev = inode->i_sb->s_dev;
+	s->ev.mode = inode->i_mode;
+	n = bpf_probe_read_kernel_str(s->data, ALEN, BPF_CORE_READ(file, f_path.dentry, d_name.name));
+	if (n > 1) {
+		s->ev.local_len = n - 1;
+		s->ev.flags |= F_AREA;
+	}
+	return 1;
+}
+
+/* mq_timedsend or msgsnd entered: the send may reach a receiver before its exit is seen. */
+static __always_inline int queue_enter(struct pt_regs *regs, long nr)
+{
+	struct config *c = cfg();
+	struct task_struct *task;
+	struct scratch *s;
+	if (!c || !(c->transports & (nr == 69 ? T_SYSV : T_MQ)))
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (compat(task) || !wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	s = start(K_ENTRY);
+	if (!s)
+		return 0;
+	s->ev.fd = regs->di;
+	s->ev.call = call_of(nr);
+	if (nr == 242 && !describe_mq(c, task, s->ev.fd, s))
+		return 0;
+	s->ev.flags = 0;
+	s->ev.local_len = 0;
+	emit(s, sizeof(struct event));
+	return 0;
+}
+
+/* A message queue's send or receive returned, or msgget named a SysV queue (ret: its id). */
+static __always_inline int queue_exit(struct pt_regs *regs, long ret)
+{
+	long nr = regs->orig_ax;
+	struct config *c;
+	struct task_struct *task;
+	struct scratch *s;
+	const char *text;
+	__u64 len, want;
+	__u32 plen;
+	if (nr != 242 && nr != 243 && nr != 69 && nr != 70 && nr != 68)
+		return 0;
+	c = cfg();
+	if (!c || !(c->transports & (nr == 242 || nr == 243 ? T_MQ : T_SYSV)))
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (compat(task) || !wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	introduce(c, task);
+	s = start(nr == 68 ? K_MSGGET : K_DATA);
+	if (!s)
+		return 0;
+	s->ev.fd = ARG0(regs);
+	s->ev.ret = ret;
+	if (nr == 68) {  /* msgget(key, flags): the key the trace names the queue by */
+		s->ev.arg2 = ARG0(regs);
+		emit(s, sizeof(struct event));
+		return 0;
+	}
+	s->ev.call = call_of(nr);
+	s->ev.arg2 = ARG2(regs);
+	s->ev.arg3 = ARG3(regs);
+	len = nr == 242 || nr == 69 ? ARG2(regs) : ret;  /* a send returns 0: its length is its argument */
+	s->ev.ret = len;
+	if (nr == 242 || nr == 243) {
+		if (!describe_mq(c, task, s->ev.fd, s))
+			return 0;
+		text = (const char *)ARG1(regs);
+		if (nr == 243 && ARG3(regs)) {  /* the received message's priority, into the datagram-address slot */
+			__u32 prio;
+			if (!bpf_probe_read_user(&prio, sizeof(prio), (const void *)ARG3(regs))) {
+				__builtin_memcpy(s->data + 2 * ALEN, &prio, sizeof(prio));
+				s->ev.msg_len = sizeof(prio);
+				s->ev.flags |= F_AREA;
+			}
+		}
+	} else {  /* struct msgbuf { long mtype; char mtext[]; }: the type into the datagram-address slot */
+		long mtype;
+		text = (const char *)ARG1(regs) + sizeof(long);
+		if (!bpf_probe_read_user(&mtype, sizeof(mtype), (const void *)ARG1(regs))) {
+			__builtin_memcpy(s->data + 2 * ALEN, &mtype, sizeof(mtype));
+			s->ev.msg_len = sizeof(mtype);
+			s->ev.flags |= F_AREA;
+		}
+		if (nr == 70)
+			s->ev.nfds = ARG4(regs);  /* msgrcv's flags */
+	}
+	want = len < c->max_payload ? len : c->max_payload;
+	if (s->ev.flags & F_AREA)
+		plen = copy_buf(s->data + AREA, text, want);
+	else
+		plen = copy_buf(s->data, text, want);
+	if (plen < want)
+		s->ev.flags |= F_FAILED_READ;
+	s->ev.plen = plen;
+	if (s->ev.flags & F_AREA)
+		emit(s, sizeof(struct event) + AREA + (plen & (2 * CAP - 1)));
+	else
+		emit(s, sizeof(struct event) + (plen & (2 * CAP - 1)));
+	return 0;
+}
+
+struct mmsg_walk {
+	__u64 vec;
+	__u64 max_payload;
+};
+
+/* One message of a sendmmsg/recvmmsg: an event of its own, as a bpf_loop step. */
+static long mmsg_step(__u32 i, void *ctx)
+{
+	struct mmsg_walk *m = ctx;
+	struct scratch *s = this_scratch();
+	struct mmsghdr h;
+	__u32 plen, msglen;
+	__u64 want;
+	if (!s)
+		return 1;
+	if (bpf_probe_read_user(&h, sizeof(h), (const void *)(m->vec + (__u64)i * sizeof(h))))
+		return 1;
+	if (i > 0) {  /* the socket's addresses went with the first */
+		s->ev.flags &= ~F_AREA;
+		s->ev.local_len = s->ev.peer_len = 0;
+	}
+	s->ev.flags &= ~F_FAILED_READ;
+	s->ev.msg_len = 0;
+	s->ev.nfds = 0;
+	s->ev.ret = h.msg_len;
+	want = h.msg_len < m->max_payload ? h.msg_len : m->max_payload;
+	plen = copy_iov(s->data + AREA, h.msg_hdr.msg_iov, h.msg_hdr.msg_iovlen, want, AREA);
+	if (plen < want)
+		s->ev.flags |= F_FAILED_READ;
+	s->ev.plen = plen;
+	if (h.msg_hdr.msg_control && h.msg_hdr.msg_controllen)
+		s->ev.nfds = count_fds(h.msg_hdr.msg_control, h.msg_hdr.msg_controllen);
+	msglen = h.msg_hdr.msg_namelen;
+	if (h.msg_hdr.msg_name && msglen > 0 && s->ev.socktype != 1) {
+		if (msglen > ALEN)
+			msglen = ALEN;
+		barrier_var(msglen);
+		if (!bpf_probe_read_user(s->data + 2 * ALEN, msglen & 0x7f, h.msg_hdr.msg_name)) {
+			s->ev.msg_len = msglen;
+			s->ev.flags |= F_AREA;
+		}
+	}
+	if (s->ev.flags & F_AREA) {
+		emit(s, sizeof(struct event) + AREA + (plen & (2 * CAP - 1)));
+	} else {
+		if (plen)
+			bpf_probe_read_kernel(s->data, plen & (2 * CAP - 1), s->data + AREA);
+		emit(s, sizeof(struct event) + (plen & (2 * CAP - 1)));
+	}
+	return 0;
+}
+
+/* sendmmsg/recvmmsg returned ``ret`` messages: one event each, as sendmsg/recvmsg would give. */
+static __always_inline int mmsg_exit(struct pt_regs *regs, int call, long ret)
+{
+	struct config *c = cfg();
+	struct task_struct *task;
+	struct scratch *s;
+	struct sock *sk;
+	struct mmsg_walk m;
+	if (!c)
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (compat(task) || !wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	introduce(c, task);
+	s = start(K_DATA);
+	if (!s)
+		return 0;
+	s->ev.call = call;
+	s->ev.fd = ARG0(regs);
+	s->ev.arg2 = ARG3(regs);  /* its flags */
+	s->ev.arg3 = ARG2(regs);  /* vlen */
+	if (!describe(c, task, s->ev.fd, &s->ev, &sk) || !sk)
+		return 0;
+	addresses(s, sk);
+	m.vec = ARG1(regs);
+	m.max_payload = c->max_payload;
+	bpf_loop(ret < MAX_MMSG ? ret : MAX_MMSG, mmsg_step, &m, 0);
+	return 0;
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_enter, struct pt_regs *regs, long nr)
 {
@@ -500,14 +861,14 @@ int BPF_PROG(on_enter, struct pt_regs *regs, long nr)
 	struct scratch *s;
 	struct sock *sk;
 	int call;
-	if (nr != 1 && nr != 20 && nr != 44 && nr != 46)
-		return 0;
+	if (nr != 1 && nr != 20 && nr != 44 && nr != 46 && nr != 307 && nr != 328)
+		return nr == 242 || nr == 69 ? queue_enter(regs, nr) : 0;
 	call = call_of(nr);
 	c = cfg();
 	if (!c)
 		return 0;
 	task = bpf_get_current_task_btf();
-	if (!wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
+	if (compat(task) || !wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	s = start(K_ENTRY);
 	if (!s)
@@ -530,17 +891,20 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
 	struct sock *sk;
 	int call;
 	if (ret <= 0)
-		return 0;
+		return ret == 0 ? queue_exit(regs, 0) : 0;  /* a queue's send and msgget (id 0) return 0 */
 	nr = regs->orig_ax;
 	call = call_of(nr);
 	if (!call)
-		return 0;
+		return nr == 68 ? queue_exit(regs, ret) : 0;
+	if (call >= C_SENDMMSG)
+		return call >= C_MQSEND ? queue_exit(regs, ret) : mmsg_exit(regs, call, ret);
 	c = cfg();
 	if (!c)
 		return 0;
 	task = bpf_get_current_task_btf();
-	if (!wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
+	if (compat(task) || !wanted_task(c, task, bpf_get_current_pid_tgid() >> 32))
 		return 0;
+	introduce(c, task);
 	s = start(K_DATA);
 	if (!s)
 		return 0;
@@ -581,10 +945,12 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
 		break;
 	case C_READV:
 	case C_WRITEV:
+	case C_PREADV2:
+	case C_PWRITEV2:
 		if (sk)
-			plen = copy_iov(s->data + AREA, (const struct iovec *)buf, ARG2(regs), want);
+			plen = copy_iov(s->data + AREA, (const struct iovec *)buf, ARG2(regs), want, AREA);
 		else
-			plen = copy_iov(s->data, (const struct iovec *)buf, ARG2(regs), want);
+			plen = copy_iov(s->data, (const struct iovec *)buf, ARG2(regs), want, 0);
 		break;
 	case C_SENDMSG:
 	case C_RECVMSG: {
@@ -592,9 +958,9 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
 		if (bpf_probe_read_user(&m, sizeof(m), (const void *)buf))
 			break;
 		if (sk)
-			plen = copy_iov(s->data + AREA, m.msg_iov, m.msg_iovlen, want);
+			plen = copy_iov(s->data + AREA, m.msg_iov, m.msg_iovlen, want, AREA);
 		else
-			plen = copy_iov(s->data, m.msg_iov, m.msg_iovlen, want);
+			plen = copy_iov(s->data, m.msg_iov, m.msg_iovlen, want, 0);
 		if (m.msg_control && m.msg_controllen)
 			s->ev.nfds = count_fds(m.msg_control, m.msg_controllen);
 		msgaddr = m.msg_name;
@@ -644,6 +1010,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	}
 	if (!wanted_task(c, parent, ptgid))
 		return 0;
+	introduce(c, parent);
 	s = start(K_FORK);
 	if (!s)
 		return 0;
@@ -665,11 +1032,10 @@ int BPF_PROG(on_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	if (!s)
 		return 0;
 	s->ev.arg2 = old_pid;
-	long n = bpf_probe_read_kernel_str(s->data, 4096, BPF_CORE_READ(bprm, filename));
-	if (n < 1)
-		n = 1;
-	s->ev.plen = n - 1;
-	emit(s, sizeof(struct event) + ((n - 1) & 4095));
+	/* the file it runs now (a script's interpreter), as /proc/PID/exe would say: walked, as for K_PROC */
+	__u32 len = exe_path(task);
+	s->ev.plen = len;
+	emit(s, sizeof(struct event) + (len & (2 * PATH_AREA - 1)));
 	return 0;
 }
 

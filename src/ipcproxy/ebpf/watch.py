@@ -27,12 +27,14 @@ from types import FrameType
 from typing import Any
 
 from ..errors import RunFailed
+from ..model import Endpoint
 from ..syscall import events as sysevents
 from ..syscall import sockaddr
-from ..syscall.channels import SEND_CALLS, ChannelTable, Transfer
+from ..syscall.channels import SEND_CALLS, Channel, ChannelTable, Transfer
 from ..syscall.events import Event
 from ..syscall.framing import Framing
 from ..syscall.procfs import unix_diag
+from ..syscall.queues import SYSV_DEV
 from ..syscall.records import data_fields
 from ..trace.recorder import Recorder
 from . import events, loader
@@ -214,6 +216,21 @@ class Watch:
             )
         )
 
+    def _name_queue(self, ev: Event) -> None:
+        """msgget returned a SysV queue's id: the key it was made with names the queue in the records.
+
+        Not the table's own msgget: that one also reconciles the queue with the messages it holds, which
+        only a tracer that stops the caller can count at that moment.
+        """
+        if ev.ret < 0:
+            return
+        key = ev.args[0] & 0xFFFFFFFF
+        ipc_key = key - (1 << 32) if key >> 31 else key  # key_t: a signed 32-bit int
+        found = self.table.channels.get((SYSV_DEV, ev.ret))
+        if found is None or found.ipc_key != ipc_key:
+            self.table.channels[(SYSV_DEV, ev.ret)] = Channel("sysv-msg", SYSV_DEV, ev.ret, ipc_key=ipc_key)
+        self.table.sysv_users.setdefault(ev.ret, set()).add(ev.pid)
+
     def _feed_batch(self, batch: bytes) -> None:
         table = self.table
         recorder = self.recorder
@@ -234,7 +251,7 @@ class Watch:
                         self._find_receiver(raw, batch)
             elif kind == events.ENTRY:
                 self.entries[ev.tid] = ev.ts
-                fds = table.fds.get(ev.pid)
+                fds = table.fds.get(ev.pid) if ev.name != "msgsnd" else None  # msgsnd: a queue id, no fd
                 if fds is not None:
                     entry = fds.get(ev.args[0])
                     if entry is not None and entry.key != (ev.devs[0], ev.inodes[0]):
@@ -245,8 +262,16 @@ class Watch:
                 if ev.tid == ev.pid and ev.pid in table.endpoints:
                     ep = table.endpoints[ev.pid]
                     recorder.event("exit", pid=ev.pid, exe=ep.exe, comm=ep.comm, status=status_text(ev.ret))
-            elif kind == events.EXEC and not ev.payload.startswith(b"/"):
-                ev.payload = (exe_of(ev.pid) or "").encode()  # a relative path as given to execve
+            elif kind == events.EXEC and not ev.payload:
+                ev.payload = (exe_of(ev.pid) or "").encode()  # the kernel's walk found no path
+            elif kind == events.PROC:  # who this pid is now, from the kernel: never a former holder's /proc
+                table.endpoints[ev.pid] = Endpoint(
+                    pid=ev.pid, uid=raw.uid, exe=ev.payload.decode(errors="replace") or None, comm=raw.comm or None
+                )
+                continue
+            elif kind == events.MSGGET:
+                self._name_queue(ev)
+                continue
             for transfer in table.feed(ev):
                 self._record(transfer)
         self.facts.current = None
