@@ -30,12 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..dbus import wire
 from ..errors import InputError
 from ..model import BUS_DRIVER_NAME, Endpoint, Message, MessageType
 from ..trace import records as trace_records
 from .channels import Channel, Key, Transfer
 from .records import data_fields
+
+# D-Bus framing needs ipcproxy.dbus.wire, and with it dbus_fast and asyncio (a third of a second to
+# import): it is imported when a stream is framed as D-Bus, so that `ipcproxy trace` starts fast.
+FIXED_HEADER = 16  # the D-Bus fixed header (wire.FIXED_HEADER)
+MAX_MESSAGE_SIZE = 1 << 27  # the D-Bus maximum message size (wire.MAX_MESSAGE_SIZE)
 
 Record = Callable[[dict[str, Any], int], int]  # fields, ts -> seq (the recorder's ``record``)
 Warn = Callable[[str], None]
@@ -101,7 +105,7 @@ class DbusMode(Mode):
     """The authentication lines (each ends at its newline), then messages by their fixed header."""
 
     def __init__(self) -> None:
-        super().__init__("dbus", wire.FIXED_HEADER, keep_all=True)
+        super().__init__("dbus", FIXED_HEADER, keep_all=True)
 
     def measure(self, head: bytes, stream: _Stream) -> int | None:
         if not head:
@@ -117,10 +121,12 @@ class DbusMode(Mode):
                 if first == 0 or 0x41 <= first <= 0x5A:  # the client's NUL, or a command in capitals
                     return SCAN
                 raise FramingError(f"not D-Bus: byte 0x{first:02x} where a handshake line or a message starts")
-        if len(head) < wire.FIXED_HEADER:
+        if len(head) < FIXED_HEADER:
             return None
+        from ..dbus import wire
+
         try:
-            return wire.frame_size(head[: wire.FIXED_HEADER])
+            return wire.frame_size(head[:FIXED_HEADER])
         except wire.FrameError as exc:
             raise FramingError(f"not a D-Bus message: {exc}") from None
 
@@ -337,7 +343,7 @@ class Framing:
         return written
 
     def _keep(self, mode: Mode) -> int:
-        return wire.MAX_MESSAGE_SIZE if mode.keep_all else max(self.max_payload, mode.header)
+        return MAX_MESSAGE_SIZE if mode.keep_all else max(self.max_payload, mode.header)
 
     def _feed(self, stream: _Stream, transfer: Transfer) -> int:
         data, size = transfer.payload, transfer.size
@@ -609,6 +615,8 @@ class Framing:
             return self._auth_fields(stream, conn, msg, raw)
         if conn.to_bus is None:  # no handshake seen (attached late): the traced side is the client
             conn.to_bus = "send"
+        from ..dbus import wire
+
         try:
             message = wire.parse_message(raw)
         except wire.FrameError as exc:

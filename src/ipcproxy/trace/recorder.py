@@ -13,14 +13,19 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..chain import Resolver
-from ..dbus import wire
-from ..dbus.wire import jsonable
 from ..model import Endpoint, Message, Verdict
 from . import records
 from .writer import Sink
+
+if TYPE_CHECKING:
+    from ..dbus import wire
+
+# ipcproxy.dbus.wire (dbus_fast, asyncio: a third of a second) is imported where a D-Bus message is
+# encoded, so that `ipcproxy trace`, which records data records, starts fast.
+BODY_BYTES = 1  # the header cache's body of signature "ay" (wire.BODY_BYTES)
 
 LiveView = Callable[[dict[str, Any]], None]
 
@@ -179,6 +184,8 @@ class Recorder:
         """The decoded arguments in trace form (None when not recorded), or why the body could not be decoded."""
         if not (self.decode_args and message.signature):
             return None, None
+        from ..dbus.wire import jsonable
+
         try:
             return jsonable(message.args), None
         except Exception as exc:  # noqa: BLE001 - a bad body is recorded, not fatal
@@ -243,7 +250,7 @@ class Recorder:
         chunks: list[bytes] = []
         add = chunks.append
         compact = records.compact
-        body_bytes = wire.BODY_BYTES
+        body_bytes = BODY_BYTES
         # Templates are looked up once per batch for each kind of frame on each connection:
         # the directory does not change while a batch is encoded.
         memo: dict[tuple[Any, ...], int] = {}
@@ -379,6 +386,8 @@ class Recorder:
                 message = None
             else:
                 if n == 8:
+                    from ..dbus import wire
+
                     seq, ts, raw, _head, direction, conn, client, latency = item
                     message = wire.parse_message(raw)
                     verdict: Verdict | str | dict[str, Any] = "forwarded"
