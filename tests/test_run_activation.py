@@ -65,9 +65,11 @@ def test_a_session_service_is_activated_from_the_standard_directories(tmp_path: 
     assert "/usr/libexec/dconf-service" in connected_exes(trace)
     change = [r for r in read_trace(trace) if r.get("member") == "Change" and r["direction"] == "from_bus"]
     assert change and "ca.desrt.dconf" in change[0]["destination"]["names"]
-    # the call that started the service is delivered to its own connection (its identity is in that
-    # connection's connect event above; the record may be written before the resolver has named it)
+    # the call that started the service names it: the proxy learns the owner from the service's own
+    # connection, whether or not the bus's NameOwnerChanged has reached the resolver yet
     assert change[0]["destination"]["bus_name"].startswith(":")
+    assert change[0]["destination"]["exe"] == "/usr/libexec/dconf-service"
+    assert change[0]["destination"]["pid"] > 0
 
 
 @DCONF
@@ -115,7 +117,8 @@ def test_service_dir_activates_a_dbusmock_service(tmp_path: Path, bus: list[str]
     assert "org.freedesktop.DBus.Introspectable" in r.stdout
     # as delivered to the service (as sent, the name had no owner yet: activation started it)
     delivered = [r for r in read_trace(trace) if r.get("member") == "Introspect" and r["direction"] == "from_bus"]
-    assert delivered
+    assert delivered and name in delivered[0]["destination"]["names"]
+    assert delivered[0]["destination"]["exe"] == os.path.realpath(SYSTEM_PYTHON)
     assert os.path.realpath(SYSTEM_PYTHON) in connected_exes(trace)  # the service, behind the proxy
 
 

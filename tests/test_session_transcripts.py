@@ -399,3 +399,81 @@ def authenticate_from_handshake(session: Session) -> None:
         Authenticated(),
         CarryFds(from_bus=False),
     ]
+
+
+# --- who owns a name: the service's own traffic says so before the resolver's NameOwnerChanged does
+
+ACTIVATED = "ca.desrt.dconf"
+
+
+def request_name(session: Session, serial: int, name: str = ACTIVATED) -> Message:
+    asked = call(serial, "RequestName", signature="su", body=[name, 4])
+    assert session.client_data(asked.raw, []) == [SendToBus([asked.raw])]
+    return asked
+
+
+def delivered_call(serial: int, sender: str = ":1.3", destination: str = ACTIVATED) -> Message:
+    return wire.build(
+        MessageType.METHOD_CALL,
+        serial=serial,
+        path="/ca/desrt/dconf/Writer/user",
+        interface="ca.desrt.dconf.Writer",
+        member="Change",
+        destination=destination,
+        sender=sender,
+        signature="ay",
+        body=[b"x"],
+    )
+
+
+def test_an_activated_service_is_named_on_the_call_that_started_it_before_its_request_is_answered() -> None:
+    """dbus-daemon hands the service the calls that waited for it before its RequestName reply;
+    the resolver's NameOwnerChanged, on another socket, may come later still (here: never)."""
+    book = Playbook()
+    service = book.session()
+    authenticate(service, ":1.9")
+    asked = request_name(service, 2)
+    waited = delivered_call(5)
+    granted = reply(6, asked, ":1.9", signature="u", body=[1])
+    assert service.bus_data(waited.raw + granted.raw, []) == [SendToClient([waited.raw, granted.raw])]
+    change = [r for r in book.messages() if r["member"] == "Change"]
+    assert len(change) == 1
+    assert change[0]["destination"]["bus_name"] == ":1.9"
+    assert change[0]["destination"]["pid"] == CLIENT_PID and ACTIVATED in change[0]["destination"]["names"]
+
+
+def test_a_granted_name_names_its_new_owner_also_for_calls_that_take_the_fast_path() -> None:
+    """A restarted service: the first owner's record stays as it was; the same call (a known
+    header, forwarded without parsing) to the new owner names the new owner."""
+    book = Playbook()
+    first, second = book.session(pid=100), book.session(pid=200)
+    authenticate(first, ":1.8")
+    granted = reply(7, request_name(first, 2), ":1.8", signature="u", body=[1])
+    assert first.bus_data(granted.raw, []) == [SendToClient([granted.raw])]
+    before = delivered_call(10)
+    assert first.bus_data(before.raw, []) == [SendToClient([before.raw])]
+    authenticate(second, ":1.12")
+    granted = reply(8, request_name(second, 2), ":1.12", signature="u", body=[1])
+    assert second.bus_data(granted.raw, []) == [SendToClient([granted.raw])]
+    after = delivered_call(11)
+    assert book.state.headers.lookup(after.raw) is not None  # not parsed: no record of the call's own
+    assert second.bus_data(after.raw, []) == [SendToClient([after.raw])]
+    calls = [r for r in book.messages() if r.get("member") == "Change"]
+    assert [(r["destination"]["bus_name"], r["destination"]["pid"]) for r in calls] == [(":1.8", 100), (":1.12", 200)]
+    assert book.state.directory.endpoint(":1.8").names == []
+
+
+def test_a_call_to_a_name_the_client_never_asked_for_does_not_make_it_the_owner() -> None:
+    """An eavesdropper (or a monitor) gets calls addressed to others."""
+    book = Playbook()
+    listener = book.session()
+    authenticate(listener, ":1.9")
+    overheard = delivered_call(5)
+    assert listener.bus_data(overheard.raw, []) == [SendToClient([overheard.raw])]
+    refused = reply(6, request_name(listener, 2), ":1.9", signature="u", body=[3])  # EXISTS
+    assert listener.bus_data(refused.raw, []) == [SendToClient([refused.raw])]
+    overheard = delivered_call(7, sender=":1.4")
+    assert listener.bus_data(overheard.raw, []) == [SendToClient([overheard.raw])]
+    assert book.state.directory.owner_of(ACTIVATED) is None
+    changes = [r for r in book.messages() if r["member"] == "Change"]
+    assert len(changes) == 2 and all(r["destination"].get("bus_name") is None for r in changes)

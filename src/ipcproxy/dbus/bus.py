@@ -21,6 +21,7 @@ DRIVER_INTERFACE = "org.freedesktop.DBus"
 # Bus-driver methods whose answers describe a connection's identity; a proxy
 # running with privileges rewrites them so services see the real client.
 CREDENTIAL_METHODS = frozenset({"GetConnectionUnixUser", "GetConnectionUnixProcessID", "GetConnectionCredentials"})
+NAME_METHODS = frozenset({"RequestName", "ReleaseName"})  # bus-driver methods that change what a connection owns
 
 
 @functools.lru_cache(maxsize=4096)
@@ -126,6 +127,13 @@ class Directory:
                 ep.names = sorted([*ep.names, name])
         else:
             self._owner.pop(name, None)
+
+    def owner_seen(self, name: str, unique: str) -> None:
+        """``unique`` owns the well-known ``name``: its own traffic says so (a granted RequestName, a call
+        to the name delivered to it) before the bus's NameOwnerChanged, read on another socket, may have."""
+        old = self._owner.get(name)
+        if old != unique:
+            self.name_owner_changed(name, old or "", unique)
 
     def observe(self, message: Message) -> None:
         """Learn from traffic: NameOwnerChanged signals the bus driver broadcasts."""

@@ -25,7 +25,7 @@ from ..trace.recorder import Recorder
 from . import plane as plane_entries
 from . import wire
 from .auth import AuthError, ClientAuth, ServerAuth
-from .bus import CREDENTIAL_METHODS, Directory
+from .bus import CREDENTIAL_METHODS, NAME_METHODS, Directory
 from .conn import close_fds
 
 log = logging.getLogger("ipcproxy.proxy")
@@ -215,6 +215,7 @@ class Session:
         self.bus_parser = wire.FrameParser()
         self.unique_name: str | None = None
         self.hello_serial: int | None = None
+        self.asked_names: set[str] = set()  # well-known names our client asked for (RequestName) and kept
         # calls awaiting replies: (when, the call, or its bytes when it took the fast path)
         self.pending_out: dict[int, tuple[int, Message | bytes]] = {}  # our client's calls
         self.pending_in: dict[tuple[str | None, int], tuple[int, Message | bytes]] = {}  # calls to our client
@@ -476,8 +477,11 @@ class Session:
         rewritten = False
         if direction is Direction.TO_BUS:
             if mtype is MessageType.METHOD_CALL:
-                if message.member == "Hello" and message.destination == BUS_DRIVER_NAME:
-                    self.hello_serial = message.serial
+                if message.destination == BUS_DRIVER_NAME:
+                    if message.member == "Hello":
+                        self.hello_serial = message.serial
+                    elif message.member in NAME_METHODS:
+                        self._asks_for_name(message)
             elif mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
                 pending = self.pending_in.pop((message.destination, message.reply_serial or 0), None)
                 if pending is not None:
@@ -487,7 +491,11 @@ class Session:
                     since = plane.take_call(self.id, False, message.destination, message.reply_serial or 0)
                     latency = None if since is None else now - since
         else:
-            if mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
+            if mtype is MessageType.METHOD_CALL:
+                if self.asked_names and message.destination in self.asked_names and self.unique_name:
+                    # the bus gave our client the name it asked for: this call shows it
+                    state.directory.owner_seen(message.destination, self.unique_name)
+            elif mtype is MessageType.METHOD_RETURN or mtype is MessageType.ERROR:
                 pending = self.pending_out.pop(message.reply_serial or 0, None)
                 if plane is not None:  # the plane timed the call (pending_out keeps only bus-driver calls)
                     since = plane.take_call(self.id, True, None, message.reply_serial or 0)
@@ -498,6 +506,8 @@ class Session:
                     call = _as_message(pending[1])
                     if message.reply_serial == self.hello_serial and mtype is MessageType.METHOD_RETURN:
                         self._hello_answered(message)
+                    elif call.member == "RequestName" and message.sender == BUS_DRIVER_NAME:
+                        self._name_answered(call, message)
                     elif call.member in CREDENTIAL_METHODS and message.sender == BUS_DRIVER_NAME:
                         replacement = state.rewrite_credentials(call, message)
                         if replacement is not None:
@@ -566,6 +576,31 @@ class Session:
         self.client_ep.bus_name = unique
         self.state.directory.register(unique, self.client_ep)
         self.state.by_name[unique] = self
+
+    def _asks_for_name(self, call: Message) -> None:
+        """RequestName/ReleaseName from our client: the names a call delivered to it may be addressed to."""
+        try:
+            name = call.args[0]
+        except Exception:  # noqa: BLE001 - the bus answers a malformed call with an error
+            return
+        if not isinstance(name, str):
+            return
+        if call.member == "RequestName":
+            self.asked_names.add(name)
+        else:
+            self.asked_names.discard(name)
+
+    def _name_answered(self, call: Message, reply: Message) -> None:
+        """Our client owns the name it asked for (PRIMARY_OWNER, ALREADY_OWNER): the records of calls
+        to that name name it at once, not when the resolver's NameOwnerChanged comes in."""
+        try:
+            name, result = call.args[0], reply.args[0]
+        except Exception:  # noqa: BLE001
+            return
+        if result == 3:  # EXISTS: not ours, not queued
+            self.asked_names.discard(name)
+        elif result in (1, 4) and isinstance(name, str) and self.unique_name:
+            self.state.directory.owner_seen(name, self.unique_name)
 
     def _count_held(self, direction: Direction, out: list[Command]) -> None:
         """One more message went past those held back (reorder): release the ones whose turn came."""
