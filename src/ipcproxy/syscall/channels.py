@@ -499,8 +499,12 @@ class ChannelTable:
             entry.read |= direction == "recv"
             entry.write |= direction == "send"
             self.generation += 1
+        return self._made(ev, direction, fd, channel, ev.nfds), key
+
+    def _made(self, ev: Event, direction: str, fd: int | None, channel: Channel, nfds: int) -> Transfer:
+        """The message a call moved, this process at its own end; the caller names the other end."""
         me = self.endpoint(ev.pid)
-        transfer = Transfer(
+        return Transfer(
             direction=direction,
             syscall=ev.name,
             pid=ev.pid,
@@ -511,12 +515,11 @@ class ChannelTable:
             channel=channel,
             size=ev.length,
             payload=ev.payload,
-            nfds=ev.nfds,
+            nfds=nfds,
             sender=me if direction == "send" else Endpoint(),
             destination=me if direction == "recv" else Endpoint(),
             verdict=ev.verdict,
         )
-        return transfer, key
 
     def preview(self, ev: Event) -> Transfer | None:
         """The message a stopped call moves, before it is queued: what a decision about it can know.
@@ -747,22 +750,7 @@ class ChannelTable:
         if found is None:
             return None
         channel, key = found
-        me = self.endpoint(ev.pid)
-        transfer = Transfer(
-            direction=direction,
-            syscall=ev.name,
-            pid=ev.pid,
-            tid=ev.tid,
-            ts=ev.ts,
-            ts_entry=ev.ts_entry,
-            fd=None if channel.kind == "sysv-msg" else ev.args[0],
-            channel=channel,
-            size=ev.length,
-            payload=ev.payload,
-            nfds=0,
-            sender=me if direction == "send" else Endpoint(),
-            destination=me if direction == "recv" else Endpoint(),
-        )
+        transfer = self._made(ev, direction, None if channel.kind == "sysv-msg" else ev.args[0], channel, 0)
         if channel.kind == "sysv-msg":
             transfer.mtype = int.from_bytes(ev.addr, "little", signed=True) if len(ev.addr) == 8 else None
             if direction == "recv":
