@@ -52,6 +52,17 @@ def read_trace(path: str | Path) -> list[dict[str, Any]]:
     return found
 
 
+def run_trace(
+    args: list[str], tmp_path: Path, **kw: Any
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """`ipcproxy trace -q -w` with ARGS, and the records of the trace it wrote (none if it wrote none)."""
+    trace = tmp_path / "trace.jsonl"
+    proc = subprocess.run(
+        [*IPCPROXY, "trace", "-q", "-w", str(trace), *args], capture_output=True, text=True, timeout=120, **kw
+    )
+    return proc, read_trace(trace) if trace.exists() else []
+
+
 def trace_header(path: str | Path) -> dict[str, Any]:
     """A trace's header, as every tool reads it."""
     with open(path, "rb") as stream:

@@ -21,21 +21,10 @@ from typing import Any
 
 import pytest
 
-from conftest import trace_unavailable
+from conftest import run_trace, trace_unavailable
 
 IPCPROXY = [sys.executable, "-m", "ipcproxy"]
 TIMEOUT = 120
-
-
-def run_trace(
-    args: list[str], tmp_path: Path, **kw: Any
-) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    trace = tmp_path / "trace.jsonl"
-    proc = subprocess.run(
-        [*IPCPROXY, "trace", "-q", "-w", str(trace), *args], capture_output=True, text=True, timeout=TIMEOUT, **kw
-    )
-    records = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
-    return proc, records
 
 
 _REASON = trace_unavailable()

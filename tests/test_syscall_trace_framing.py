@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import have, read_trace, trace_unavailable
+from conftest import have, read_trace, run_trace, trace_unavailable
 
 IPCPROXY = [sys.executable, "-m", "ipcproxy"]
 TIMEOUT = 120
@@ -24,16 +24,6 @@ TIMEOUT = 120
 
 _REASON = trace_unavailable()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-
-def run_trace(
-    args: list[str], tmp_path: Path, **kw: Any
-) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    trace = tmp_path / "trace.jsonl"
-    proc = subprocess.run(
-        [*IPCPROXY, "trace", "-q", "-w", str(trace), *args], capture_output=True, text=True, timeout=TIMEOUT, **kw
-    )
-    return proc, read_trace(trace) if trace.exists() else []
 
 
 def data(records: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
