@@ -343,6 +343,31 @@ def test_show_follow_reads_a_replaced_trace_from_its_start(trace: Path, tmp_path
     assert "truncated or replaced" in err
 
 
+def test_show_follow_stops_on_sigint_even_when_started_with_it_ignored(trace: Path, tmp_path: Path) -> None:
+    """A shell starts its background jobs with SIGINT ignored; ipcproxy stops on it all the same, as on Ctrl-C."""
+    out_path = tmp_path / "follow.out"
+    background = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+    with open(out_path, "wb") as out:
+        show = subprocess.Popen(
+            [*background, *IPCPROXY, "show", "--follow", "--json", str(trace)],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+    try:
+        wanted = 1 + len(read_trace(trace))
+        wait_for(lambda: len(out_path.read_text().splitlines()) == wanted, what="every record")
+        show.send_signal(signal.SIGINT)
+        status = show.wait(30)
+    finally:
+        if show.poll() is None:
+            show.kill()
+            show.wait()
+    err = show.stderr.read().decode() if show.stderr else ""
+    assert status == 0, err
+    assert "Traceback" not in err
+
+
 def test_format_args_types() -> None:
     lines = format_args("sa{sv}(iu)ay", ["x", {"a": 1}, [1, 2], "00ff"])
     assert lines == ['string "x"', 'dict<string,variant> {"a":1}', "struct<int32,uint32> [1,2]", 'bytes "00ff"']

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -68,4 +69,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def entry() -> NoReturn:
+    # SIGINT stops every command, as Ctrl-C does, even when whoever started us ignored it (a shell
+    # starts its background jobs so): commands with no handler of their own (campaign, show --follow)
+    # stop through KeyboardInterrupt, which Python does not raise for a signal ignored at start-up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
