@@ -70,8 +70,8 @@ def campaign_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except CampaignError as exc:
         raise RunFailed(f"ipcproxy campaign: {exc}") from None
     except KeyboardInterrupt:
-        # the interrupt landed between runs (while a finished run was being recorded): every run
-        # already in results.jsonl is kept, the rest is redone on resume
+        # a second interrupt (the first lets the runs under way finish): every run already in
+        # results.jsonl is kept, the rest is redone on resume
         print("ipcproxy campaign: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except OSError as exc:

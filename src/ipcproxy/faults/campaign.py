@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -145,20 +146,28 @@ class Runner:
         queue = list(reversed(specs))
         running: dict[Future[dict[str, Any]], RunSpec] = {}
         try:
-            while queue or running:
-                while queue and len(running) < self.jobs:
+            while running or (queue and not self.interrupted):
+                while queue and len(running) < self.jobs and not self.interrupted:
                     spec = queue.pop()
                     running[pool.submit(_work, spec)] = spec
+                if not running:
+                    break
                 finished, _ = wait(set(running), return_when=FIRST_COMPLETED)
                 for fut in sorted(finished, key=lambda f: running[f].run):
                     spec = running.pop(fut)
                     yield spec, fut.result()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second interrupt: the runs under way are still waited for
             self.interrupted = True
             finished, _ = wait(set(running))
             for fut in sorted(finished, key=lambda f: running[f].run):
                 if fut.exception() is None:
                     yield running[fut], fut.result()
+
+    def _interrupt(self, _signum: int, _frame: object) -> None:
+        """SIGINT: no new runs; those under way finish and are kept. Only a second one raises
+        KeyboardInterrupt, so the first never lands between a run's start and its book-keeping."""
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -268,6 +277,8 @@ class Runner:
         """The whole campaign; returns the results, ordered by run."""
         progress = progress or _quiet()
         self.prepare()
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._interrupt) if in_main else None
         try:
             results, canons = self.golden(progress)
             if self.interrupted:
@@ -278,6 +289,8 @@ class Runner:
             done = self.faulty(envelope, faults, progress)
         finally:
             self.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         return [done[k] for k in sorted(done)]
 
 
