@@ -1045,7 +1045,8 @@ static int emit_exit(Tracer *t, Tracee *e, int64_t ret) {
                 || e->nr == SYS_accept
 #endif
         ; /* the socket's addresses are new: describe it again */
-    if (fds[0] >= 0 && S_ISSOCK(mode[0]) && (fresh ? 1 : !seen_add(t, ino[0])) && e->nr != SYS_socket &&
+    /* a new socket has nothing to describe yet: not marked seen, so that its first data call describes it */
+    if (fds[0] >= 0 && S_ISSOCK(mode[0]) && e->nr != SYS_socket && (fresh ? 1 : !seen_add(t, ino[0])) &&
         describe_socket(t, e->tgid, fds[0], ino[0], &facts))
         sock = &facts;
     Event *ev = syscall_event(t, e, ret, addr_len + sock_tail(sock));

@@ -138,6 +138,7 @@ class Transfer:
     msgflg: int = 0  # sysv-msg receive: its flags (MSG_EXCEPT, MSG_COPY, MSG_NOERROR), and its buffer's size
     msgsz: int = 0
     verdict: object = None  # the chain's verdict (its JSON) when one was asked for; None: forwarded
+    address: str | None = None  # an unconnected datagram's: where a send went, where a receive came from
 
     @property
     def truncated(self) -> bool:
@@ -499,7 +500,10 @@ class ChannelTable:
             entry.read |= direction == "recv"
             entry.write |= direction == "send"
             self.generation += 1
-        return self._made(ev, direction, fd, channel, ev.nfds), key
+        transfer = self._made(ev, direction, fd, channel, ev.nfds)
+        if ev.addr and not channel.stream:  # sendto/sendmsg's destination, recvfrom/recvmsg's source
+            transfer.address = sockaddr.text(ev.addr)
+        return transfer, key
 
     def _made(self, ev: Event, direction: str, fd: int | None, channel: Channel, nfds: int) -> Transfer:
         """The message a call moved, this process at its own end; the caller names the other end."""
@@ -572,7 +576,7 @@ class ChannelTable:
         transfer.destination = self._destination(channel, key, target, ev.pid)
         if target is not None:
             queue = self._queue(target, channel.stream)
-            queued = _Queued(transfer, transfer.size)
+            queued = _Queued(transfer, transfer.size, ambiguous=self._racing_writer(target, ev.tid))
             if queue.entries:
                 last = queue.entries[-1]
                 if last.transfer.pid != transfer.pid and last.transfer.ts > transfer.ts_entry:
@@ -606,6 +610,14 @@ class ChannelTable:
             return out
         return self._release(target)  # type: ignore[arg-type]
 
+    def _racing_writer(self, key: Key, tid: int) -> bool:
+        """Another thread entered a write to ``key`` before this one's exit was seen, and has not left it.
+
+        It may have put its bytes in first, or not: neither write's place in the queue is known. (The
+        other write, once it exits, finds this one last in the queue and is marked by the same rule.)
+        """
+        return any(target == key and other != tid for other, target in self.inflight.items())
+
     def _writing_to(self, key: Key) -> bool:
         return any(target in (key, UNKNOWN_TARGET) for target in self.inflight.values())
 
@@ -638,12 +650,16 @@ class ChannelTable:
         racing = last is not None and last.pid != transfer.pid and last.ts > transfer.ts_entry
         if not peek:
             queue.last_read = transfer
+        matches = True
         if queue.stream:
             want = transfer.size
             for item in list(queue.entries):
                 if want <= 0:
                     break
                 take = min(want, item.left)
+                matches = matches and _same_bytes(
+                    transfer.payload, transfer.size - want, item.transfer.payload, item.transfer.size - item.left, take
+                )
                 want -= take
                 _add(consumed, None if (item.ambiguous or racing) else item.transfer)
                 if not peek:
@@ -655,12 +671,15 @@ class ChannelTable:
                 _add(consumed, None)
         elif queue.entries:
             item = queue.entries[0]
+            matches = _same_bytes(transfer.payload, 0, item.transfer.payload, 0, transfer.size)
             _add(consumed, None if (item.ambiguous or racing) else item.transfer)
             if not peek:
                 queue.entries.popleft()
                 queue.queued -= item.left
         else:
             consumed.append(None)
+        if not matches:  # the bytes read are not those the queue says came first: the order is not known
+            consumed = [None]
         transfer.consumed = consumed
         for write in consumed:  # a write recorded together with this read: its reader is known now
             if write is not None and write.seq == 0 and write.destination.pid is None:
@@ -669,13 +688,16 @@ class ChannelTable:
         if len(writers) == 1 and None not in consumed:
             transfer.sender = next(iter(writers.values()))
         channel = transfer.channel
-        if (
-            not writers
-            and channel.peer_pid is not None
-            and channel.peer is not None
-            and not self._holders((channel.dev, channel.peer), False, transfer.pid)
-        ):
-            transfer.sender = self.endpoint(channel.peer_pid)  # outside the traced tree
+        if not writers and channel.peer_pid is not None and channel.peer_pid != transfer.pid:
+            # a peer outside the traced tree: no traced process holds the other end (when its inode is not
+            # known, as for a server that had not accepted yet when the client connected: the peer's
+            # credentials name no traced process)
+            if channel.peer is not None:
+                outside = not self._holders((channel.dev, channel.peer), False, transfer.pid)
+            else:
+                outside = channel.peer_pid not in self.fds
+            if outside:
+                transfer.sender = self.endpoint(channel.peer_pid)
 
     # ---------------------------------------------------------------- message queues
     def _queue_call(self, ev: Event) -> list[Transfer]:
@@ -773,7 +795,7 @@ class ChannelTable:
             transfer.destination = self._one_endpoint(others)
         queue = self._queue(key, False)
         queue.messages = True
-        queued = _Queued(transfer, transfer.size)
+        queued = _Queued(transfer, transfer.size, ambiguous=self._racing_writer(key, ev.tid))
         tag = _tag(transfer)
         for last in reversed(queue.entries):  # two senders in the kernel at once: their order is not known
             if last.transfer.ts <= transfer.ts_entry:
@@ -914,6 +936,13 @@ class ChannelTable:
                 queue.entries.popleft()
             if not queue.stream:
                 break
+
+
+def _same_bytes(read: bytes, at: int, written: bytes, start: int, size: int) -> bool:
+    """Whether ``size`` bytes read from offset ``at`` can be the written bytes from ``start``: equal
+    wherever both were recorded (a cut payload leaves the rest unknown, which does not contradict)."""
+    n = min(size, len(read) - at, len(written) - start)
+    return n <= 0 or memoryview(read)[at : at + n] == memoryview(written)[start : start + n]
 
 
 def _add(consumed: list[Transfer | None], item: Transfer | None) -> None:

@@ -60,6 +60,8 @@ def data_fields(transfer: Transfer) -> dict[str, Any]:
         fields["mtype"] = transfer.mtype
     if transfer.msgtyp is not None:
         fields["msgtyp"] = transfer.msgtyp
+    if transfer.address is not None:
+        fields["address"] = transfer.address
     if transfer.truncated:
         fields["truncated"] = True
     if transfer.consumed is not None:
