@@ -3,8 +3,7 @@
 The data calls (write/writev/pwritev2, read/readv/preadv2, sendto/recvfrom,
 sendmsg/recvmsg with SCM_RIGHTS, sendmmsg/recvmmsg through the C library,
 the positional calls the kernel refuses on a pipe or socket), the calls that
-make and move channels (pipe2, socketpair, socket/bind/connect/accept4, dup,
-dup3, fcntl F_DUPFD/F_SETFD, close, execve dropping close-on-exec fds), peers
+make and move channels (socketpair, socket/bind/connect/accept4), peers
 outside the traced tree, and many processes on one pipe.
 """
 
@@ -195,54 +194,6 @@ def test_socket_bind_connect_accept_name_both_ends(tmp_path: Path) -> None:
     datagram = sent[b"to-a-path"]
     assert datagram["address"] == path + ".d" and datagram["transport"] == "unix"
     assert received[b"to-a-path"]["consumed"] == [datagram["seq"]]
-
-
-CLOEXEC = textwrap.dedent(
-    """
-    import fcntl, os
-    ra, wa = os.pipe2(os.O_CLOEXEC)               # pipe2(O_CLOEXEC): gone in the new image
-    rb, wb = os.pipe()
-    os.set_inheritable(rb, True)                  # fcntl(F_SETFD, 0): kept
-    rc, wc = os.pipe()
-    kept = fcntl.fcntl(rc, fcntl.F_DUPFD, 9)      # F_DUPFD: a copy without close-on-exec, kept
-    assert kept == 9
-    os.dup(rc)                                    # Python's dup: F_DUPFD_CLOEXEC, gone
-    re_, we = os.pipe()
-    os.set_inheritable(re_, True)
-    os.dup2(re_, 30, inheritable=False)           # dup3(O_CLOEXEC): gone
-    os.close(re_)                                 # close: gone before the fork already
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(rb, 0)
-        os.dup2(ready_w, 1)
-        os.execv("/bin/sh", ["sh", "-c", "echo ready; head -c 10 > /dev/null; head -c 8 <&9 > /dev/null"])
-    os.close(ready_w)
-    os.close(kept)
-    assert os.read(ready_r, 100) == b"ready\\n"  # the child runs its new image now
-    os.write(wa, b"close-on-exec-pipe2")
-    os.write(we, b"close-on-exec-dup3")
-    os.write(wb, b"inherited!")
-    os.write(wc, b"F_DUPFD!")
-    assert os.read(ra, 100) == b"close-on-exec-pipe2" and os.read(30, 100) == b"close-on-exec-dup3"
-    os.waitpid(pid, 0)
-    """
-)
-
-
-def test_a_channel_closed_on_exec_is_not_the_new_images(tmp_path: Path) -> None:
-    proc, records = run_trace(["--", PY, "-c", CLOEXEC], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    sent, received = by_payload(records, "send"), by_payload(records, "recv")
-    child = sent[b"ready\n"]["pid"]
-    assert sent[b"ready\n"]["sender"]["comm"] == "sh"
-    for message in (b"close-on-exec-pipe2", b"close-on-exec-dup3"):  # only the writer itself can read them
-        assert sent[message]["destination"].get("pid") != child, message
-        assert received[message]["destination"]["pid"] == sent[message]["pid"]
-    for message in (b"inherited!", b"F_DUPFD!"):  # the new image holds these: it is their one reader
-        assert sent[message]["destination"]["pid"] == child, message
-        (read,) = [r for r in data(records, direction="recv") if r["consumed"] == [sent[message]["seq"]]]
-        assert read["destination"]["comm"] == "head" and read["sender"]["pid"] == sent[message]["pid"]
 
 
 # ---------------------------------------------------------------- peers outside the traced tree
